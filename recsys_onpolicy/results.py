@@ -1,0 +1,87 @@
+"""The one result schema both domains write: long format, one row per measured value.
+
+Columns: ``domain, experiment, regime, seed, step, metric, value, group``; ``group`` is the cohort
+or task a value belongs to (null for population-wide values). Metric names are a stable API read
+by the report, the cross-domain comparison and optuna, in fixed namespaces:
+
+- ``probe/...``  cohort-holdout AUC and its oracle ceiling, KL to base, feedback-loop metrics
+- ``target/...`` the metric being optimised (expected clicks, target accuracy)
+- ``train/...``  losses and training statistics
+- ``drift/...``  parameter drift
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import polars as pl
+
+SCHEMA: dict[str, pl.DataType] = {
+    "domain": pl.Utf8,
+    "experiment": pl.Utf8,
+    "regime": pl.Utf8,
+    "seed": pl.Int64,
+    "step": pl.Int64,
+    "metric": pl.Utf8,
+    "value": pl.Float64,
+    "group": pl.Utf8,
+}
+
+
+def metric_rows(
+    *, domain: str, experiment: str, regime: str, seed: int, step: int,
+    values: Mapping[str, float], group: str | None = None,
+) -> list[dict]:
+    """Rows for several metrics measured at one (run, step, group)."""
+    return [
+        dict(domain=domain, experiment=experiment, regime=regime, seed=int(seed), step=int(step),
+             metric=m, value=float(v), group=None if group is None else str(group))
+        for m, v in values.items()
+    ]
+
+
+def to_frame(rows: Iterable[Mapping]) -> pl.DataFrame:
+    """A frame in the exact schema (column order and dtypes), empty if there are no rows."""
+    rows = list(rows)
+    if not rows:
+        return pl.DataFrame(schema=SCHEMA)
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def check_schema(frame: pl.DataFrame) -> pl.DataFrame:
+    """Raise ValueError unless ``frame`` has exactly the schema's columns and dtypes."""
+    got = dict(zip(frame.columns, frame.dtypes))
+    if got != SCHEMA:
+        raise ValueError(f"metrics frame does not match the result schema: got {got}, expected {SCHEMA}")
+    return frame
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, then rename: no half file is ever visible."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.write_parquet(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_metrics(frame: pl.DataFrame, path: str | Path) -> Path:
+    """Validate the schema and write ``metrics.parquet`` atomically."""
+    return write_parquet_atomic(check_schema(frame), path)
+
+
+def read_metrics(path: str | Path) -> pl.DataFrame:
+    """Read a metrics file (or every ``metrics.parquet`` under a folder) and check its schema."""
+    p = Path(path)
+    files = sorted(p.rglob("metrics.parquet")) if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"no metrics.parquet under {p}")
+    return check_schema(pl.concat([pl.read_parquet(f) for f in files], how="vertical"))

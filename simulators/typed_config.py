@@ -1,0 +1,119 @@
+"""Typed, validated configuration models and YAML loading with errors that say what to fix.
+
+Every config in the project is a :class:`StrictModel`: unknown keys, wrong types and values out
+of range fail at load time. :func:`load_model` turns pydantic's errors into one message per
+problem naming the field's dotted path, the bad value and the allowed range, e.g.::
+
+    configs/x.yaml: world.n_users = -5: must be > 0 (Input should be greater than 0)
+
+Field docstrings (the string literal under each field) become the field descriptions, so
+``Model.model_fields[name].description`` documents every knob.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file or value is wrong; the message names the field, the value and the fix."""
+
+
+class StrictModel(BaseModel):
+    """Base for all configs: no unknown keys, validated on assignment, field docstrings kept."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False
+    )
+
+
+def _allowed(model: type[BaseModel], loc: tuple) -> str:
+    """The constraints of the field at ``loc`` as text (``> 0, <= 1``), or '' if unknown."""
+    cls: Any = model
+    field = None
+    for part in loc:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return ""
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            return ""
+        cls = field.annotation
+    if field is None:
+        return ""
+    bits = []
+    for m in field.metadata:
+        for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                bits.append(f"{sym} {v}")
+    return ", ".join(bits)
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str = "") -> str:
+    """One line per problem: ``source: path = value: message [allowed: ...]``."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"])
+        path = ".".join(str(p) for p in loc) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = loc[:-1]
+            known = _field_names(model, parent)
+            hint = f"; known keys here: {', '.join(known)}" if known else ""
+            lines.append(f"{source}{path}: unknown key (remove it or fix its spelling{hint})")
+            continue
+        value = e.get("input")
+        allowed = _allowed(model, loc)
+        extra = f" [allowed: {allowed}]" if allowed else ""
+        lines.append(f"{source}{path} = {value!r}: {msg}{extra}")
+    return "\n".join(lines)
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    cls: Any = model
+    for part in loc:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return []
+        f = cls.model_fields.get(str(part))
+        if f is None:
+            return []
+        cls = f.annotation
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return sorted(cls.model_fields)
+    return []
+
+
+def validate(model: type[M], data: Any, source: str = "") -> M:
+    """Validate ``data`` as ``model``; raise :class:`ConfigError` with readable lines."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(
+            "invalid config:\n" + format_validation_error(err, model, source)
+        ) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a missing file or bad YAML raises :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} (give the path to a YAML file, e.g. configs/quickstart.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load_model(model: type[M], path: str | Path) -> M:
+    """Load and validate a YAML file as ``model``."""
+    return validate(model, read_yaml(path), source=f"{path}: ")
