@@ -68,9 +68,13 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
             lines.append(f"{source}{path}: unknown key (remove it or fix its spelling{hint})")
             continue
         value = e.get("input")
+        if isinstance(value, dict):  # a cross-field check of a whole section: the message says it
+            lines.append(f"{source}{path}: {msg.removeprefix('Value error, ')}")
+            continue
         allowed = _allowed(model, loc)
         extra = f" [allowed: {allowed}]" if allowed else ""
-        lines.append(f"{source}{path} = {value!r}: {msg}{extra}")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        lines.append(f"{source}{path} = {shown}: {msg}{extra}")
     return "\n".join(lines)
 
 

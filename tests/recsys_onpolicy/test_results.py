@@ -1,0 +1,49 @@
+import polars as pl
+import pytest
+
+from recsys_onpolicy.results import (
+    SCHEMA, metric_rows, read_metrics, to_frame, write_metrics, write_parquet_atomic,
+)
+
+
+def _frame():
+    rows = metric_rows(domain="recsys", experiment="e", regime="grpo", seed=0, step=1,
+                       values={"target/gain": 0.5, "probe/drop": 0.1})
+    rows += metric_rows(domain="recsys", experiment="e", regime="grpo", seed=0, step=1,
+                        values={"probe/auc": 0.7}, group=3)
+    return to_frame(rows)
+
+
+def test_schema_and_groups():
+    f = _frame()
+    assert dict(zip(f.columns, f.dtypes)) == SCHEMA
+    assert f.filter(pl.col("metric") == "probe/auc")["group"].to_list() == ["3"]
+    assert f.filter(pl.col("metric") == "target/gain")["group"].to_list() == [None]
+    assert to_frame([]).height == 0 and to_frame([]).schema == pl.Schema(SCHEMA)
+
+
+def test_roundtrip_and_folder_read(tmp_path):
+    write_metrics(_frame(), tmp_path / "a" / "metrics.parquet")
+    write_metrics(_frame(), tmp_path / "b" / "metrics.parquet")
+    assert read_metrics(tmp_path).height == 6
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_wrong_schema_rejected(tmp_path):
+    with pytest.raises(ValueError, match="result schema"):
+        write_metrics(pl.DataFrame({"x": [1]}), tmp_path / "m.parquet")
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "m.parquet"
+    write_metrics(_frame(), path)
+
+    class Boom(pl.DataFrame):
+        def write_parquet(self, *a, **k):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_parquet_atomic(Boom({"x": [1]}), path)
+    assert read_metrics(path).height == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["m.parquet"]

@@ -1,0 +1,54 @@
+import pytest
+from pydantic import Field
+
+from simulators.typed_config import ConfigError, StrictModel, load_model, validate
+
+
+class Inner(StrictModel):
+    rate: float = Field(0.5, gt=0, le=1)
+    """A rate in (0, 1]."""
+
+
+class Outer(StrictModel):
+    n: int = Field(3, ge=1)
+    """How many."""
+    inner: Inner = Inner()
+    """A nested section."""
+
+
+def test_field_docstrings_become_descriptions():
+    assert Outer.model_fields["n"].description == "How many."
+
+
+def test_error_names_path_value_and_range():
+    with pytest.raises(ConfigError) as e:
+        validate(Outer, {"inner": {"rate": 2.0}}, source="x.yaml: ")
+    msg = str(e.value)
+    assert "x.yaml: inner.rate = 2.0" in msg and "<= 1" in msg and "> 0" in msg
+
+
+def test_unknown_key_lists_known_keys():
+    with pytest.raises(ConfigError) as e:
+        validate(Outer, {"inner": {"rat": 0.1}})
+    assert "inner.rat: unknown key" in str(e.value) and "known keys here: rate" in str(e.value)
+
+
+def test_wrong_type():
+    with pytest.raises(ConfigError, match=r"n = 'many'"):
+        validate(Outer, {"n": "many"})
+
+
+def test_load_model_missing_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_model(Outer, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_model(Outer, bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_model(Outer, lst)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("n: 5\ninner: {rate: 0.25}\n")
+    assert load_model(Outer, ok).inner.rate == 0.25
