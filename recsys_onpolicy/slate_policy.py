@@ -1,0 +1,134 @@
+"""Plackett-Luce slate policy over candidate scores: sample, score, greedy, first position.
+
+A slate of K items is drawn from C candidates without replacement: position j picks candidate c
+among those not yet chosen with probability exp(s_c / t) / sum_{c' remaining} exp(s_{c'} / t).
+The log-probability of a slate y is therefore
+
+    log pi(y) = sum_{j<K} [ s_{y_j} / t - logsumexp_{c not in y_<j} s_c / t ].
+
+Sampling uses the Gumbel-top-k trick (Kool et al. 2019, "Stochastic Beams and Where to Find
+Them"): add i.i.d. Gumbel(0, 1) noise to s / t and take the top K in order; the ordered result is
+an exact Plackett-Luce sample. A score of -inf masks a candidate: it is never sampled and has
+probability zero at every position. Slates are positions into the candidate axis (long).
+
+Every function is vectorised over any leading batch dims (B,) or (B, G); every random draw takes
+an explicit ``torch.Generator`` on the scores' device.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _check(scores: torch.Tensor, k: int, temperature: float) -> None:
+    if scores.dim() < 1 or not scores.is_floating_point():
+        raise ValueError(
+            f"scores must be a float tensor (..., C), got {scores.dtype} {tuple(scores.shape)}"
+        )
+    if not 1 <= k <= scores.shape[-1]:
+        raise ValueError(f"slate size k={k} must be in [1, C={scores.shape[-1]}]")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0 (use greedy_slates for t -> 0)")
+    n_open = torch.isfinite(scores).sum(dim=-1)  # (...,) candidates not masked
+    if scores.numel() and int(n_open.min()) < k:
+        raise ValueError(
+            f"a request has only {int(n_open.min())} candidates with finite score, fewer than "
+            f"k={k}; mask fewer candidates or lower k"
+        )
+
+
+def sample_slates(
+    scores: torch.Tensor, k: int, gen: torch.Generator, temperature: float = 1.0
+) -> torch.Tensor:
+    """Sample one Plackett-Luce slate per row with the Gumbel-top-k trick.
+
+    Args:
+        scores: (..., C) scores, e.g. (B, C); -inf masks a candidate.
+        k: slate size K.
+        gen: generator on ``scores.device``.
+        temperature: t > 0; the scores are divided by it.
+    Returns:
+        (..., K) long positions into the candidate axis, in slate order, no duplicates.
+    """
+    _check(scores, k, temperature)
+    work = torch.promote_types(scores.dtype, torch.float32)
+    u = torch.rand(scores.shape, generator=gen, device=scores.device, dtype=work)  # (..., C)
+    gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(work).tiny)))  # u < 1 always
+    keys = scores.to(work) / temperature + gumbel  # (..., C); masked stay -inf
+    return keys.topk(k, dim=-1, sorted=True).indices
+
+
+def sample_groups(
+    scores: torch.Tensor, k: int, g: int, gen: torch.Generator, temperature: float = 1.0
+) -> torch.Tensor:
+    """Sample G independent slates per request (the group of GRPO).
+
+    Args:
+        scores: (B, C) scores; -inf masks a candidate.
+        k, gen, temperature: as in :func:`sample_slates`.
+        g: group size G >= 1.
+    Returns:
+        (B, G, K) long positions into the candidate axis.
+    """
+    if g < 1:
+        raise ValueError(f"group size g={g} must be >= 1")
+    grouped = scores.unsqueeze(-2).expand(*scores.shape[:-1], g, scores.shape[-1])  # (B, G, C)
+    return sample_slates(grouped, k, gen, temperature)
+
+
+def slate_log_prob(
+    scores: torch.Tensor, slates: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Exact Plackett-Luce log-probability of given slates, differentiable w.r.t. the scores.
+
+    Args:
+        scores: (B, C) or (B, G, C) scores; -inf masks a candidate. With fewer leading dims than
+            ``slates`` (e.g. (B, C) with (B, G, K) slates) a group axis is inserted and broadcast.
+        slates: (B, K) or (B, G, K) long positions into the candidate axis, no duplicates.
+        temperature: t > 0.
+    Returns:
+        (B,) or (B, G) log pi(slate); -inf for a slate that contains a masked candidate.
+    """
+    _check(scores, slates.shape[-1], temperature)
+    n_cand = scores.shape[-1]
+    out_of_range = slates.numel() and (slates.min() < 0 or slates.max() >= n_cand)
+    if slates.dtype != torch.long or out_of_range:
+        raise ValueError(f"slates must be long positions in [0, C={n_cand}), got {slates.dtype}")
+    while scores.dim() < slates.dim():
+        scores = scores.unsqueeze(-2)  # (B, 1, C): broadcast over the group axis
+    z = scores.to(torch.promote_types(scores.dtype, torch.float32)) / temperature  # (..., C)
+    batch = torch.broadcast_shapes(z.shape[:-1], slates.shape[:-1])
+    z = z.expand(*batch, n_cand)
+    taken = torch.zeros(z.shape, dtype=torch.bool, device=z.device)  # (..., C) placed so far
+    duplicate = torch.zeros(batch, dtype=torch.bool, device=z.device)
+    logp = z.new_zeros(batch)
+    for j in range(slates.shape[-1]):  # K is small; each step is vectorised over the batch
+        y = slates[..., j : j + 1].expand(*batch, 1)  # (..., 1)
+        duplicate |= taken.gather(-1, y).squeeze(-1)
+        remaining = z.masked_fill(taken, float("-inf"))  # (..., C)
+        logp = logp + z.gather(-1, y).squeeze(-1) - remaining.logsumexp(dim=-1)
+        taken = taken.scatter(-1, y, True)
+    if bool(duplicate.any()):
+        raise ValueError("slates contain a duplicate candidate; a Plackett-Luce slate has none")
+    return logp
+
+
+def greedy_slates(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The K highest-scoring candidates in descending order (the mode of Plackett-Luce).
+
+    Args:
+        scores: (..., C); -inf masks a candidate.
+    Returns:
+        (..., K) long positions into the candidate axis.
+    """
+    _check(scores, k, 1.0)
+    return scores.topk(k, dim=-1, sorted=True).indices
+
+
+def first_position_probs(scores: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Exact distribution of the first slate position: softmax(scores / t), (..., C) -> (..., C).
+
+    Use with ``objectives.categorical_kl(scores_0 / t, scores_t / t)`` for the exact
+    first-position KL between two policies.
+    """
+    _check(scores, 1, temperature)
+    return torch.softmax(scores / temperature, dim=-1)
