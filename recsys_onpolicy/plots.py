@@ -1,0 +1,346 @@
+"""The report's figures: each a pure function, long-schema frame in, matplotlib Figure out.
+
+Figures are built with ``matplotlib.figure.Figure`` (no pyplot, no global state, no window):
+saving one renders it with the Agg backend. Curves are the mean over seeds with a band for the
+95% Student-t interval (``recsys_onpolicy.metrics.mean_ci95``; one seed draws no band). Lines are
+labelled by regime (prefixed by experiment / domain when the frame holds several), with one
+colour per label across every figure. A function whose metrics are absent raises ValueError
+naming them; the report checks presence first and skips the section.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from recsys_onpolicy.metrics import mean_ci95, pearson_r2
+from recsys_onpolicy.tables import (
+    POPULATION,
+    RUN_KEYS,
+    SWEEP_METRIC,
+    TRAIN_OR_POPULATION,
+    has_metric,
+    last_per_run,
+    per_seed_curve,
+)
+
+PANEL = (4.4, 3.3)  # inches per subplot
+MAX_PANELS = 12
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def with_labels(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add ``label``: the regime, prefixed by the experiment when the frame has several, and by
+    the domain when one experiment name occurs in several domains.
+
+    A frame that already has labels keeps them (a subset keeps the colours of the whole).
+    """
+    if "label" in frame.columns:
+        return frame
+    label = pl.col("regime")
+    if frame["experiment"].n_unique() > 1:
+        label = pl.concat_str([pl.col("experiment"), pl.lit(": "), label])
+    if frame.select("domain", "experiment").n_unique() > frame["experiment"].n_unique():
+        label = pl.concat_str([pl.col("domain"), pl.lit(" "), label])
+    return frame.with_columns(label.alias("label"))
+
+
+def colors_for(labels) -> dict[str, tuple]:
+    """A fixed colour per label (sorted, tab10 then tab20), so figures agree with each other."""
+    from matplotlib import colormaps
+
+    names = sorted(set(labels))
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+def require(frame: pl.DataFrame, *metrics: str) -> None:
+    missing = [m for m in metrics if not has_metric(frame, m)]
+    if missing:
+        raise ValueError(f"the frame has no rows for metric(s) {missing}: nothing to plot")
+
+
+def step_unit(frame: pl.DataFrame) -> str:
+    """x-axis label: recsys steps are days, LLM steps are updates."""
+    domains = set(frame["domain"].unique().to_list())
+    if domains == {"recsys"}:
+        return "day"
+    return "step (recsys: day)" if "recsys" in domains else "update step"
+
+
+def grid(n: int, ncols: int = 3, sharex: bool = False) -> tuple[Figure, list[Axes]]:
+    """A figure with ``n`` panels in rows of ``ncols``; unused panels are hidden."""
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    width = max(PANEL[0] * ncols, 6.4)  # room for the suptitle above a single panel
+    fig = Figure(figsize=(width, PANEL[1] * nrows + 0.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=sharex, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def mean_band(frame: pl.DataFrame, metric: str, groups: pl.Expr | None = None) -> pl.DataFrame:
+    """Per (label, step): mean over seeds and the 95% t-interval (columns mean, low, high, n)."""
+    per_seed = per_seed_curve(frame, metric, groups).join(
+        with_labels(frame).select(RUN_KEYS + ["label"]).unique(), on=RUN_KEYS)
+    lists = per_seed.group_by(["label", "step"]).agg(pl.col("value")).sort(["label", "step"])
+    stats = [mean_ci95(v) for v in lists["value"]]
+    return lists.drop("value").with_columns(
+        pl.Series("mean", [s[0] for s in stats], pl.Float64),
+        pl.Series("low", [s[1] for s in stats], pl.Float64),
+        pl.Series("high", [s[2] for s in stats], pl.Float64),
+        pl.Series("n", [len(v) for v in lists["value"]], pl.Int64),
+    )
+
+
+def draw_bands(ax: Axes, band: pl.DataFrame, colors: dict, linestyle: str = "-") -> None:
+    """One line (mean) and one shaded band (95% interval) per label of a :func:`mean_band` frame."""
+    for (label,), part in band.group_by(["label"], maintain_order=True):
+        c = colors[label]
+        ax.plot(part["step"], part["mean"], linestyle, color=c, label=label, lw=1.6)
+        ax.fill_between(part["step"], part["low"], part["high"], color=c, alpha=0.18, lw=0)
+
+
+def suptitle(fig: Figure, text: str) -> None:
+    fig.suptitle(text, fontsize=11)
+
+
+def legend(ax: Axes) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, frameon=False)
+
+
+# ---------------------------------------------------------------- forgetting and cohort AUC
+
+
+def removal_days(frame: pl.DataFrame) -> list[int]:
+    """Day D of each run with forgetting rows (its first forgetting step), distinct and sorted."""
+    rows = frame.filter(pl.col("metric") == "probe/forgetting")
+    return sorted(rows.group_by(RUN_KEYS).agg(pl.col("step").min())["step"].unique().to_list())
+
+
+def mark_removal(ax: Axes, days: list[int]) -> None:
+    for i, d in enumerate(days):
+        ax.axvline(d, color="0.3", ls=":", lw=1, label="removal day D" if i == 0 else None)
+
+
+def forgetting_curves(frame: pl.DataFrame) -> Figure:
+    """Forgetting of the removed cohort(s) per regime over days; control-adjusted panel if present."""
+    require(frame, "probe/forgetting")
+    metrics = ["probe/forgetting"] + (
+        ["probe/forgetting_vs_control"] if has_metric(frame, "probe/forgetting_vs_control") else [])
+    colors = colors_for(with_labels(frame)["label"])
+    fig, axes = grid(len(metrics), ncols=2)
+    titles = {"probe/forgetting": "forgetting of the removed cohort",
+              "probe/forgetting_vs_control": "forgetting minus paired control"}
+    for ax, m in zip(axes, metrics):
+        draw_bands(ax, mean_band(frame, m), colors)
+        ax.axhline(0, color="0.6", lw=0.8)
+        mark_removal(ax, removal_days(frame))
+        ax.set(title=titles[m], xlabel="day", ylabel="AUC(day D) - AUC(day t)")
+    legend(axes[0])
+    suptitle(fig, "Forgetting (mean over seeds, band = 95% t-interval; > 0 means worse)")
+    return fig
+
+
+def cohort_order(frame: pl.DataFrame) -> list[str]:
+    """Cohorts with AUC rows, removed ones first, then by number (c2 before c10)."""
+    cohorts = frame.filter(pl.col("metric") == "probe/auc")["group"].drop_nulls().unique().to_list()
+    removed = set(frame.filter(pl.col("metric") == "probe/forgetting")["group"].drop_nulls())
+
+    def key(g: str) -> tuple:
+        return g not in removed, int(g[1:]) if g[1:].isdigit() else math.inf, g
+    return sorted(cohorts, key=key)
+
+
+def cohort_auc_curves(frame: pl.DataFrame) -> Figure:
+    """Cohort-holdout AUC per cohort over days, per regime, with the oracle AUC as the ceiling."""
+    require(frame, "probe/auc")
+    cohorts = cohort_order(frame)
+    shown = cohorts[:MAX_PANELS]
+    removed = set(frame.filter(pl.col("metric") == "probe/forgetting")["group"].drop_nulls())
+    colors = colors_for(with_labels(frame)["label"])
+    fig, axes = grid(len(shown), sharex=True)
+    for ax, c in zip(axes, shown):
+        in_cohort = pl.col("group") == c
+        draw_bands(ax, mean_band(frame, "probe/auc", in_cohort), colors)
+        oracle = select_mean(frame, "probe/auc_oracle", in_cohort)
+        if oracle.height:
+            ax.plot(oracle["step"], oracle["value"], "--", color="k", lw=1, label="oracle ceiling")
+        if c in removed:
+            mark_removal(ax, removal_days(frame.filter(in_cohort)))
+        ax.set(title=f"cohort {c}" + (" (removed)" if c in removed else ""),
+               xlabel="day", ylabel="AUC")
+    legend(axes[0])
+    more = f"; showing {len(shown)} of {len(cohorts)} cohorts" if len(shown) < len(cohorts) else ""
+    suptitle(fig, f"Cohort-holdout AUC (mean over seeds, 95% band){more}")
+    return fig
+
+
+def select_mean(frame: pl.DataFrame, metric: str, groups: pl.Expr) -> pl.DataFrame:
+    """Per step: the metric's mean over every run and selected group (e.g. the oracle ceiling)."""
+    rows = frame.filter((pl.col("metric") == metric) & groups)
+    return rows.group_by("step").agg(pl.col("value").mean()).sort("step")
+
+
+# ---------------------------------------------------------------- KL vs drop
+
+
+def kl_drop_points(frame: pl.DataFrame) -> pl.DataFrame:
+    """One point per run: last KL to base (train cohorts / LLM prompts) and last drop, labelled."""
+    kl = last_per_run(frame, "probe/kl_to_base", TRAIN_OR_POPULATION).select(
+        RUN_KEYS + [pl.col("value").alias("kl")])
+    drop = last_per_run(frame, "probe/drop", POPULATION).select(
+        RUN_KEYS + [pl.col("value").alias("drop")])
+    labels = with_labels(frame).select(RUN_KEYS + ["label"]).unique()
+    return kl.join(drop, on=RUN_KEYS).join(labels, on=RUN_KEYS).sort(RUN_KEYS)
+
+
+def fit_title(domain: str, x, y) -> str:
+    r, r2 = pearson_r2(x, y)
+    stat = "r = n/a (needs >= 3 points with spread)" if math.isnan(r) else (
+        f"Pearson r = {r:.3f}, R² = {r2:.3f}")
+    return f"{domain}: {stat}, n = {len(x)}"
+
+
+def kl_drop_scatter(frame: pl.DataFrame) -> Figure:
+    """Final KL(pi_0 || pi_t) vs final drop, one point per run, one panel per domain, with a fit."""
+    require(frame, "probe/kl_to_base", "probe/drop")
+    points = kl_drop_points(frame)
+    if points.height == 0:
+        raise ValueError("no run has both probe/kl_to_base and probe/drop: nothing to plot")
+    colors = colors_for(points["label"])
+    domains = sorted(points["domain"].unique().to_list())
+    fig, axes = grid(len(domains), ncols=2)
+    for ax, d in zip(axes, domains):
+        part = points.filter(pl.col("domain") == d)
+        for (label,), p in part.group_by(["label"], maintain_order=True):
+            ax.scatter(p["kl"], p["drop"], color=colors[label], label=label, s=28)
+        draw_fit(ax, part["kl"].to_numpy(), part["drop"].to_numpy())
+        ax.set(title=fit_title(d, part["kl"], part["drop"]),
+               xlabel="KL(pi_0 || pi_t) on training contexts (nats)",
+               ylabel="drop on held-out " + ("cohorts (clicks/slate)" if d == "recsys" else "tasks"))
+        legend(ax)
+    suptitle(fig, "Does KL to the base policy predict forgetting? (last step of each run or trial)")
+    return fig
+
+
+def draw_fit(ax: Axes, x: np.ndarray, y: np.ndarray) -> None:
+    """Least-squares line through the points when it is defined."""
+    if len(x) < 2 or np.ptp(x) == 0:
+        return
+    slope, icpt = np.polyfit(x, y, 1)
+    xs = np.linspace(x.min(), x.max(), 2)
+    ax.plot(xs, icpt + slope * xs, color="0.4", lw=1, ls="--", label="least squares")
+
+
+# ---------------------------------------------------------------- generic curves
+
+
+def metric_curves(frame: pl.DataFrame, metrics: list[str], title: str) -> Figure:
+    """One panel per metric over steps, mean over seeds with a 95% band per regime.
+
+    Metrics with groups (cohorts, tasks) are averaged over their groups, as the panel title says.
+    """
+    require(frame, *metrics)
+    shown = metrics[:MAX_PANELS]
+    colors = colors_for(with_labels(frame)["label"])
+    fig, axes = grid(len(shown))
+    for ax, m in zip(axes, shown):
+        draw_bands(ax, mean_band(frame, m), colors)
+        grouped = frame.filter((pl.col("metric") == m) & pl.col("group").is_not_null()).height
+        ax.set(title=m + (" (mean over groups)" if grouped else ""),
+               xlabel=step_unit(frame.filter(pl.col("metric") == m)),
+               ylabel=m.split("/", 1)[-1])
+    legend(axes[0])
+    more = f"; showing {len(shown)} of {len(metrics)}" if len(shown) < len(metrics) else ""
+    suptitle(fig, f"{title} (mean over seeds, 95% band){more}")
+    return fig
+
+
+def metrics_with_prefix(frame: pl.DataFrame, prefix: str) -> list[str]:
+    return sorted(m for m in frame["metric"].unique().to_list() if m.startswith(prefix))
+
+
+def feedback_curves(frame: pl.DataFrame) -> Figure:
+    """Every ``feedback/*`` metric over days, per regime."""
+    metrics = metrics_with_prefix(frame, "feedback/")
+    if not metrics:
+        raise ValueError("the frame has no feedback/* metrics: nothing to plot")
+    return metric_curves(frame, metrics, "Feedback loop")
+
+
+def gain_drop_curves(frame: pl.DataFrame) -> Figure:
+    """Gain and drop over training per regime, one row per domain (works for any domain/toy)."""
+    metrics = [m for m in ("target/gain", "probe/drop") if has_metric(frame, m)]
+    if not metrics:
+        raise ValueError("the frame has no target/gain or probe/drop rows: nothing to plot")
+    domains = sorted(frame.filter(pl.col("metric").is_in(metrics))["domain"].unique().to_list())
+    colors = colors_for(with_labels(frame)["label"])
+    fig, axes = grid(len(domains) * len(metrics), ncols=len(metrics))
+    for i, (d, m) in enumerate((d, m) for d in domains for m in metrics):
+        part = with_labels(frame).filter(pl.col("domain") == d)
+        draw_bands(axes[i], mean_band(part, m, POPULATION), colors)
+        axes[i].axhline(0, color="0.6", lw=0.8)
+        axes[i].set(title=f"{d}: {m.split('/')[-1]}", xlabel="day" if d == "recsys" else "step",
+                    ylabel=m.split("/")[-1] + (" (clicks/slate)" if d == "recsys" else ""))
+    legend(axes[0])
+    suptitle(fig, "Gain and drop over training (mean over seeds, 95% band)")
+    return fig
+
+
+# ---------------------------------------------------------------- sweep frontier
+
+
+def pareto_front(drop: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated points (lower drop, higher gain), ordered by drop."""
+    order = np.lexsort((-gain, drop))  # by drop, ties: higher gain first
+    keep, best = [], -np.inf
+    for i in order:
+        if gain[i] > best:
+            keep.append(i)
+            best = gain[i]
+    return np.array(keep, dtype=int)
+
+
+def sweep_points(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per sweep trial: domain, experiment, regime, seed (trial), lr, gain, drop."""
+    cols = {"lr": (SWEEP_METRIC, None), "gain": ("target/gain", POPULATION),
+            "drop": ("probe/drop", POPULATION)}
+    out = None
+    for name, (m, groups) in cols.items():
+        part = last_per_run(frame, m, groups).select(RUN_KEYS + [pl.col("value").alias(name)])
+        out = part if out is None else out.join(part, on=RUN_KEYS)
+    return out.sort(RUN_KEYS)
+
+
+def sweep_frontier(frame: pl.DataFrame) -> Figure:
+    """Gain vs drop of every sweep trial, labelled by learning rate, with each regime's frontier."""
+    require(frame, SWEEP_METRIC, "target/gain", "probe/drop")
+    points = sweep_points(frame)
+    colors = colors_for(points["regime"])
+    domains = sorted(points["domain"].unique().to_list())
+    fig, axes = grid(len(domains), ncols=2)
+    for ax, d in zip(axes, domains):
+        in_domain = points.filter(pl.col("domain") == d)
+        for (regime,), p in in_domain.group_by(["regime"], maintain_order=True):
+            draw_frontier(ax, p, colors[regime], regime)
+        ax.set(title=f"{d}: learning-rate sweep", xlabel="drop (lower is better)",
+               ylabel="gain (higher is better)")
+        legend(ax)
+    suptitle(fig, "Gain/Drop trade-off: one point per trial (lr), line = Pareto frontier")
+    return fig
+
+
+def draw_frontier(ax: Axes, p: pl.DataFrame, color, regime: str) -> None:
+    drop, gain = p["drop"].to_numpy(), p["gain"].to_numpy()
+    ax.scatter(drop, gain, color=color, s=24, label=regime)
+    for x, y, lr in zip(drop, gain, p["lr"]):
+        ax.annotate(f"{lr:.1e}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(drop, gain)
+    ax.plot(drop[front], gain[front], "-", color=color, lw=1.2)

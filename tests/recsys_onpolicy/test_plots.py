@@ -1,0 +1,144 @@
+"""The report's figures on hand-built frames: what each panel draws, and its title statistics."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from matplotlib.figure import Figure
+
+from recsys_onpolicy import plots
+from recsys_onpolicy.results import metric_rows, to_frame
+
+T_975_DF1 = 12.706204736174698  # Student t quantile 0.975, 1 degree of freedom
+
+
+def rows(regime="grpo", seed=0, step=0, group=None, domain="recsys", experiment="exp", **values):
+    values = {k.replace("__", "/"): v for k, v in values.items()}
+    return metric_rows(domain=domain, experiment=experiment, regime=regime, seed=seed, step=step,
+                       values=values, group=group)
+
+
+def visible_axes(fig: Figure):
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def forgetting_frame(control: bool = True) -> pl.DataFrame:
+    """Cohort c0 removed on day 2; two seeds forget 0.1 and 0.3 per day after removal."""
+    out = []
+    for seed, rate in ((0, 0.1), (1, 0.3)):
+        for day in range(5):
+            for c in ("c0", "c1"):
+                auc = 0.8 - (rate * (day - 2) if c == "c0" and day >= 2 else 0.0)
+                out += rows(seed=seed, step=day, group=c, probe__auc=auc, probe__auc_oracle=0.9)
+            if day >= 2:
+                out += rows(seed=seed, step=day, group="c0", probe__forgetting=rate * (day - 2))
+                if control:
+                    out += rows(seed=seed, step=day, group="c0",
+                                probe__forgetting_vs_control=rate * (day - 2) / 2)
+    return to_frame(out)
+
+
+def test_mean_band_is_the_mean_and_t_interval_over_seeds():
+    band = plots.mean_band(forgetting_frame(), "probe/forgetting").filter(pl.col("step") == 4)
+    mean, sd = 0.4, math.sqrt(0.08)  # seeds forgot 0.2 and 0.6 by day 4: sd = 0.2 * sqrt(2)
+    half = T_975_DF1 * sd / math.sqrt(2)
+    assert band.row(0, named=True) == pytest.approx(
+        {"label": "grpo", "step": 4, "mean": mean, "low": mean - half, "high": mean + half, "n": 2})
+
+
+def test_forgetting_curves_draw_both_panels_and_mark_the_removal_day():
+    fig = plots.forgetting_curves(forgetting_frame())
+    axes = visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == [
+        "forgetting of the removed cohort", "forgetting minus paired control"]
+    mean_line = axes[0].get_lines()[0]
+    assert list(mean_line.get_xdata()) == [2, 3, 4]
+    assert list(mean_line.get_ydata()) == pytest.approx([0.0, 0.2, 0.4])
+    assert list(axes[1].get_lines()[0].get_ydata()) == pytest.approx([0.0, 0.1, 0.2])
+    removal = [ln for ln in axes[0].get_lines() if ln.get_label() == "removal day D"]
+    assert len(removal) == 1 and list(removal[0].get_xdata()) == [2, 2]
+    assert len(visible_axes(plots.forgetting_curves(forgetting_frame(control=False)))) == 1
+
+
+def test_cohort_auc_curves_put_the_removed_cohort_first_with_the_oracle_ceiling():
+    axes = visible_axes(plots.cohort_auc_curves(forgetting_frame()))
+    assert [ax.get_title() for ax in axes] == ["cohort c0 (removed)", "cohort c1"]
+    oracle = [ln for ln in axes[1].get_lines() if ln.get_label() == "oracle ceiling"]
+    assert len(oracle) == 1 and set(oracle[0].get_ydata()) == {0.9}
+
+
+def test_kl_drop_scatter_titles_carry_pearson_r_and_r2_per_domain():
+    xs, ys = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 5.0, 4.0]  # r = 3.5 / sqrt(5 * 4.75)
+    out = []
+    for seed, (x, y) in enumerate(zip(xs, ys)):
+        out += rows(seed=seed, step=3, group="train", probe__kl_to_base=x)
+        out += rows(seed=seed, step=3, group="heldout", probe__kl_to_base=50.0)  # not training
+        out += rows(seed=seed, step=3, probe__drop=y)
+        out += rows(domain="llm", experiment="toy", seed=seed, step=9, probe__kl_to_base=x,
+                    probe__drop=-y)
+    r = 3.5 / math.sqrt(5 * 4.75)
+    titles = [ax.get_title() for ax in visible_axes(plots.kl_drop_scatter(to_frame(out)))]
+    assert titles == [f"llm: Pearson r = {-r:.3f}, R² = {r * r:.3f}, n = 4",
+                      f"recsys: Pearson r = {r:.3f}, R² = {r * r:.3f}, n = 4"]
+
+
+def test_kl_drop_scatter_with_too_few_points_says_r_is_undefined():
+    frame = to_frame(rows(group="train", probe__kl_to_base=1.0) + rows(probe__drop=0.2))
+    assert "r = n/a" in visible_axes(plots.kl_drop_scatter(frame))[0].get_title()
+
+
+def test_pareto_front_keeps_non_dominated_points_by_drop():
+    drop = np.array([0.1, 0.2, 0.15, 0.3, 0.05, 0.3])
+    gain = np.array([1.0, 2.0, 0.5, 3.0, 0.2, 2.5])
+    assert plots.pareto_front(drop, gain).tolist() == [4, 0, 1, 3]
+
+
+def test_sweep_frontier_labels_every_trial_and_joins_the_frontier():
+    trials = [(1e-3, 0.1, 1.0), (1e-2, 0.2, 2.0), (3e-2, 0.25, 1.5), (1e-1, 0.3, 3.0)]
+    out = []
+    for n, (lr, drop, gain) in enumerate(trials):
+        out += rows(seed=n, step=4, sweep__lr=lr, probe__drop=drop, target__gain=gain)
+    ax = visible_axes(plots.sweep_frontier(to_frame(out)))[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["1.0e-01", "1.0e-02", "1.0e-03", "3.0e-02"]
+    front = ax.get_lines()[0]
+    assert list(front.get_xdata()) == [0.1, 0.2, 0.3]  # the lr 3e-2 trial is dominated
+
+
+def test_feedback_curves_have_one_panel_per_feedback_metric():
+    out = []
+    for seed in (0, 1):
+        for day in range(3):
+            out += rows(seed=seed, step=day, feedback__coverage=0.5, feedback__regret=0.1 * day,
+                        train__loss=1.0)
+    axes = visible_axes(plots.feedback_curves(to_frame(out)))
+    assert [ax.get_title() for ax in axes] == ["feedback/coverage", "feedback/regret"]
+    assert axes[0].get_xlabel() == "day"
+
+
+def test_gain_drop_curves_work_for_an_llm_only_frame():
+    out = []
+    for seed in (0, 1):
+        for step in (0, 50, 100):
+            out += rows(domain="llm", experiment="mixture_toy", regime="reverse_kl", seed=seed,
+                        step=step, target__gain=step / 100, probe__drop=0.0)
+    axes = visible_axes(plots.gain_drop_curves(to_frame(out)))
+    assert [ax.get_title() for ax in axes] == ["llm: gain", "llm: drop"]
+    assert axes[0].get_xlabel() == "step"
+    assert list(axes[0].get_lines()[0].get_ydata()) == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_labels_name_the_experiment_only_when_there_are_several():
+    one = to_frame(rows(target__gain=1.0))
+    two = to_frame(rows(target__gain=1.0) + rows(domain="llm", experiment="toy", target__gain=1.0))
+    assert plots.with_labels(one)["label"].to_list() == ["grpo"]
+    assert sorted(plots.with_labels(two)["label"].to_list()) == ["exp: grpo", "toy: grpo"]
+
+
+@pytest.mark.parametrize("draw", [plots.forgetting_curves, plots.cohort_auc_curves,
+                                  plots.kl_drop_scatter, plots.feedback_curves,
+                                  plots.sweep_frontier, plots.gain_drop_curves])
+def test_absent_metrics_raise_a_clear_error(draw):
+    with pytest.raises(ValueError, match="nothing to plot"):
+        draw(to_frame(rows(train__loss=1.0)))
