@@ -1,0 +1,134 @@
+"""Training throughput of the scorer: one JSON line per figure.
+
+``supervised_daily``: impressions/s of BCE training on logged impressions. A batch is R requests
+of K shown items each (R * K ~ ``--batch-impressions``), with a click history of H items (-1
+padded, random lengths); the model scores the K shown items and takes one fused-TBE + Adam step.
+Ids are synthetic and uniform (a worst case for the TBE's caches: real traffic is skewed).
+Batches are generated before timing and cycled, so only training is measured.
+
+Example::
+
+    python bench/train.py                 # 1M users x 100k items, D = 32
+    python bench/train.py --quick         # small, seconds
+
+Prints e.g. ``{"bench": "train", "regime": "supervised_daily", "device": "cpu", "users":
+1000000, "items": 100000, "dim": 32, "impressions_per_s": ...}``, with the 1-minute load
+average: numbers from a shared machine are noisy, report the load alongside them. On a CPU that
+other processes keep busy, torch's intra-op threads wait on each other: ``--threads 1`` (or
+``OMP_WAIT_POLICY=PASSIVE``) is then much faster than the default of one thread per core.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from recsys_onpolicy.model import ModelConfig, TrainableScorer, resolve_device
+from recsys_onpolicy.objectives import pointwise_bce
+
+
+def synthetic_batches(
+    n: int, requests: int, k: int, history: int, users: int, items: int, topics: int,
+    gen: torch.Generator,
+) -> list[tuple[torch.Tensor, ...]]:
+    """``n`` batches of (users (R,), history (R,H), items (R,K), topics (R,K), clicks (R,K))."""
+    out = []
+    for _ in range(n):
+        u = torch.randint(0, users, (requests,), generator=gen)
+        hist = torch.randint(0, items, (requests, history), generator=gen)
+        lengths = torch.randint(0, history + 1, (requests, 1), generator=gen)
+        hist[torch.arange(history)[None, :] >= lengths] = -1  # (R, H) -1 padded
+        shown = torch.randint(0, items, (requests, k), generator=gen)
+        topic = torch.randint(0, topics, (requests, k), generator=gen)
+        clicks = (torch.rand(requests, k, generator=gen) < 0.1).float()
+        out.append((u, hist, shown, topic, clicks))
+    return out
+
+
+def bench_supervised(args: argparse.Namespace) -> dict:
+    """Impressions/s of the ``supervised_daily`` update (pointwise BCE on shown items)."""
+    cfg = ModelConfig(embedding_dim=args.dim, device=args.device)
+    device = resolve_device(cfg.device)
+    gen = torch.Generator().manual_seed(0)
+    model = TrainableScorer(cfg, args.users, args.items, args.topics, gen)
+    requests = max(1, args.batch_impressions // args.slate)
+    batches = synthetic_batches(8, requests, args.slate, args.history, args.users, args.items,
+                                args.topics, gen)
+    batches = [tuple(x.to(device) for x in b) for b in batches]
+
+    def train_step(b: tuple[torch.Tensor, ...]) -> None:
+        users, hist, shown, topic, clicks = b
+        logits = model.score(users, hist, shown, topic)  # (R, K)
+        model.step(pointwise_bce(logits.flatten(), clicks.flatten()))
+
+    for i in range(args.warmup):
+        train_step(batches[i % len(batches)])
+    _sync(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for i in range(args.steps):
+        train_step(batches[i % len(batches)])
+    _sync(device)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    impressions = args.steps * requests * args.slate
+    return {
+        "bench": "train", "regime": "supervised_daily", "device": device.type,
+        "users": args.users, "items": args.items, "dim": args.dim,
+        "batch_impressions": requests * args.slate, "slate": args.slate,
+        "history": args.history, "steps": args.steps, "threads": torch.get_num_threads(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "impressions_per_s": round(impressions / elapsed, 1),
+        # Process CPU time (all threads): robust to other processes only with --threads 1,
+        # where it estimates the unloaded one-core rate.
+        "impressions_per_cpu_s": round(impressions / cpu, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# GRPO requests/s: TO BE ADDED by the lead once regimes/grpo exists. Return a dict like
+# {"bench": "train", "regime": "grpo", "device": ..., "users": ..., "items": ..., "dim": ...,
+#  "requests_per_s": ...}; main() prints it when it is not None.
+# ---------------------------------------------------------------------------------------------
+def bench_grpo(args: argparse.Namespace) -> dict | None:
+    """Requests/s of a GRPO update (G slates per request); not implemented yet."""
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--topics", type=int, default=50)
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--slate", type=int, default=10, help="impressions K per request")
+    p.add_argument("--history", type=int, default=20, help="history length H")
+    p.add_argument("--batch-impressions", type=int, default=8192)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="small model and few steps (seconds)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.users, args.items, args.steps, args.warmup = 10_000, 2_000, 5, 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    for figure in (bench_supervised(args), bench_grpo(args)):
+        if figure is not None:
+            print(json.dumps(figure), flush=True)
+
+
+if __name__ == "__main__":
+    main()

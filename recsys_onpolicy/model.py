@@ -1,0 +1,529 @@
+"""The click scorer: torchrec embedding tables plus a dense interaction head, and its trainer.
+
+Three parts, top to bottom:
+
+- :class:`ModelConfig`: the knobs. Sparse capacity = embedding dim and table sizes (a table with
+  fewer rows than ids hashes the ids into it); dense capacity = head width and depth.
+- :class:`Scorer`: a plain ``nn.Module``. ``forward(users (B,), history (B,H), candidates (B,C),
+  candidate_topics (B,C)) -> (B,C)`` click logits. One torchrec ``EmbeddingBagCollection`` holds
+  three tables: ``user``, ``item`` (two features read it: the candidate item and the click-history
+  bag, a mean over the user's recent clicks) and ``topic``. The user side (user row, history bag,
+  and its share of the head's first layer) is computed once per request, not once per candidate.
+- :class:`TrainableScorer`: the scorer wrapped in torchrec's ``DistributedModelParallel``
+  (world size 1 unless a bigger process group exists), so that the tables live in fbgemm's fused
+  TBE kernel and are updated *inside* backward by a fused sparse optimizer (row-wise Adagrad by
+  default) without ever building a dense gradient of a whole table; dense parameters are trained
+  by ``torch.optim.Adam``. Callers pass plain tensors; no KJT or DMP detail leaks out.
+
+The head (``W`` = head width, ``D`` = embedding dim)::
+
+    u = E_user[user]               (B, D)      h = mean E_item[history]   (B, D)  (if history_bag)
+    i = E_item[candidate]          (B, C, D)   t = E_topic[topic]         (B, C, D)
+    z0 = A [u, h]  +  Bc [i, t, u*i, u*t, h*i, h*t]  + b      (B, C, W)   A[u, h] once per request
+    z  = ReLU -> (Linear W->W, ReLU) x (depth - 1) -> Linear W->1          (B, C)
+
+which equals one linear layer over the concatenation of all those features followed by an MLP;
+the split only avoids repeating the user part C times.
+
+Id hashing (sparse capacity): a table with ``rows`` < ``n_ids`` maps an id ``x`` to
+``((a * x + b) mod p) mod rows`` with ``p = 2**31 - 1`` (the Carter-Wegman universal family),
+with fixed, per-table constants ``a, b`` (so user and item collisions are unrelated). Unlike
+``x mod rows``, ids that are ``rows`` apart do not systematically collide.
+
+Initialisation draws from an explicit CPU ``torch.Generator`` in a fixed order (tables ``user``,
+``item``, ``topic``, then dense parameters by name), so a :class:`Scorer` and a
+:class:`TrainableScorer` built from equal generator states hold identical weights, on any device.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.modules.embedding_configs import PoolingType
+
+from recsys_onpolicy.distributed import (
+    ensure_process_group,
+    fused_params,
+    local_device,
+    shard_tables,
+)
+from simulators.typed_config import StrictModel
+
+SparseOptimizer = Literal["rowwise_adagrad", "adagrad", "sgd"]
+
+# Universal hashing ((a * x + b) mod p) mod rows; a < p keeps a * x < 2**62 in int64.
+HASH_PRIME = 2**31 - 1
+HASH_CONSTANTS = {  # table -> (a, b); a are Fishman-Moore multipliers for p = 2**31 - 1
+    "user": (950_706_376, 12_345),
+    "item": (742_938_285, 67_890),
+    "topic": (1_226_874_159, 13_579),
+}
+TABLES = ("user", "item", "topic")
+
+
+class ModelConfig(StrictModel):
+    """The scorer's architecture and optimisers."""
+
+    embedding_dim: int = Field(default=32, ge=4, le=1024)
+    """Embedding dimension D of every table; a multiple of 4 (fbgemm's TBE kernels need it)."""
+    user_rows: int | None = Field(default=None, gt=0)
+    """Rows of the user table. None (or >= the number of users) = one row per user; fewer rows
+    hash user ids into the table (universal hash, see the module docstring): the sparse-capacity
+    knob."""
+    item_rows: int | None = Field(default=None, gt=0)
+    """Rows of the item table (shared by candidates and the history bag); None = one per item."""
+    topic_rows: int | None = Field(default=None, gt=0)
+    """Rows of the topic table; None = one per topic."""
+    history_bag: bool = True
+    """Use the user's click history (mean of its item rows) as a user-side feature."""
+    head_width: int = Field(default=64, ge=1, le=8192)
+    """Width W of the dense head's hidden layers: the dense-capacity knob (with depth)."""
+    head_depth: int = Field(default=2, ge=1, le=16)
+    """Number of hidden layers of the dense head (>= 1)."""
+    embedding_init_std: float = Field(default=0.05, gt=0.0, le=1.0)
+    """Embedding rows start as N(0, std^2)."""
+    sparse_optimizer: SparseOptimizer = "rowwise_adagrad"
+    """Fused TBE optimizer of the tables: 'rowwise_adagrad' (one accumulator per row),
+    'adagrad' (one per entry) or 'sgd'; the only ones fbgemm's CPU kernel supports."""
+    sparse_lr: float = Field(default=0.05, gt=0.0, le=10.0)
+    """Learning rate of the fused sparse optimizer."""
+    sparse_eps: float = Field(default=1e-8, gt=0.0, le=1.0)
+    """Adagrad epsilon (ignored by 'sgd')."""
+    dense_lr: float = Field(default=1e-3, gt=0.0, le=1.0)
+    """Adam learning rate of the dense head."""
+    dense_weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Adam (L2, coupled) weight decay of the dense head. There is no sparse weight decay:
+    fbgemm 1.8's CPU TBE kernels ignore it (measured), so CPU and CUDA runs would differ."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """'auto' = CUDA when available, else CPU."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.embedding_dim % 4:
+            raise ValueError(
+                f"embedding_dim = {self.embedding_dim}: must be a multiple of 4 (fbgemm TBE); "
+                f"use e.g. {4 * max(1, round(self.embedding_dim / 4))}"
+            )
+        return self
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' | 'cpu' | 'cuda' -> a torch.device; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def hash_ids(ids: torch.Tensor, rows: int, table: str) -> torch.Tensor:
+    """Map ids (any shape, >= 0, < 2**31 - 1) into [0, rows) with the table's universal hash."""
+    a, b = HASH_CONSTANTS[table]
+    return ((ids % HASH_PRIME) * a + b) % HASH_PRIME % rows
+
+
+def table_rows(cfg: ModelConfig, n_users: int, n_items: int, n_topics: int) -> dict[str, int]:
+    """Rows of each table: the configured size, capped at one row per id."""
+    wanted = {"user": cfg.user_rows, "item": cfg.item_rows, "topic": cfg.topic_rows}
+    n_ids = {"user": n_users, "item": n_items, "topic": n_topics}
+    for name, n in n_ids.items():
+        if not 0 < n < HASH_PRIME:
+            raise ValueError(f"number of {name} ids = {n}: must be in [1, {HASH_PRIME})")
+    return {t: n_ids[t] if wanted[t] is None else min(wanted[t], n_ids[t]) for t in TABLES}
+
+
+class Scorer(nn.Module):
+    """Click logits for C candidates per request (see the module docstring for the head).
+
+    Built with uninitialised weights; use :func:`build_scorer` for an initialised one.
+
+    Args:
+        cfg: architecture.
+        n_users, n_items, n_topics: id counts of the world (ids are 0 .. n-1).
+        device: where the dense head lives; the tables stay on 'meta' until materialised
+            (by ``to_empty`` here, or by DistributedModelParallel in :class:`TrainableScorer`).
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, n_users: int, n_items: int, n_topics: int, device: torch.device
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_ids = {"user": n_users, "item": n_items, "topic": n_topics}
+        self.rows = table_rows(cfg, n_users, n_items, n_topics)
+        d, w = cfg.embedding_dim, cfg.head_width
+        item_features = ["item", "history"] if cfg.history_bag else ["item"]
+        features = {"user": ["user"], "item": item_features, "topic": ["topic"]}
+        self.ebc = EmbeddingBagCollection(
+            tables=[
+                # MEAN pooling: the history bag is a mean; single-id bags are the row itself.
+                EmbeddingBagConfig(
+                    name=t, embedding_dim=d, num_embeddings=self.rows[t],
+                    feature_names=features[t], pooling=PoolingType.MEAN,
+                )
+                for t in TABLES
+            ],
+            device=torch.device("meta"),
+        )
+        n_user_vecs = 2 if cfg.history_bag else 1
+        n_cand = 2 + 2 * n_user_vecs  # [i, t] and the products of each user vector with i and t
+        with torch.device("meta"):
+            self.user_in = nn.Linear(n_user_vecs * d, w)  # A and b: once per request
+            self.cand_in = nn.Linear(n_cand * d, w, bias=False)  # Bc: once per candidate
+            layers: list[nn.Module] = [nn.ReLU()]
+            for _ in range(cfg.head_depth - 1):
+                layers += [nn.Linear(w, w), nn.ReLU()]
+            layers.append(nn.Linear(w, 1))
+            self.mlp = nn.Sequential(*layers)
+        for m in (self.user_in, self.cand_in, self.mlp):
+            m.to_empty(device=device)
+
+    def forward(
+        self,
+        users: torch.Tensor,
+        history: torch.Tensor,
+        candidates: torch.Tensor,
+        candidate_topics: torch.Tensor,
+    ) -> torch.Tensor:
+        """users (B,), history (B,H) item ids with -1 padding (ignored without the history bag),
+        candidates (B,C) item ids, candidate_topics (B,C) -> click logits (B,C)."""
+        check_inputs(users, history, candidates, candidate_topics, self.n_ids, self.cfg.history_bag)
+        b, c = candidates.shape
+        d = self.cfg.embedding_dim
+        kjt = request_features(users, history, candidates, candidate_topics, self.rows,
+                               self.n_ids, self.cfg.history_bag)
+        pooled = self.ebc(kjt).to_dict()  # feature -> (B*C, D)
+        # The user-side bags sit in the first slot of each request (see request_features).
+        user_vecs = [pooled["user"].view(b, c, d)[:, 0]]  # (B, D)
+        if self.cfg.history_bag:
+            user_vecs.append(pooled["history"].view(b, c, d)[:, 0])  # (B, D)
+        item = pooled["item"].view(b, c, d)  # (B, C, D)
+        topic = pooled["topic"].view(b, c, d)  # (B, C, D)
+        cand = [item, topic]
+        for u in user_vecs:
+            cand += [u[:, None, :] * item, u[:, None, :] * topic]
+        z = self.user_in(torch.cat(user_vecs, dim=1))[:, None, :]  # (B, 1, W)
+        z = z + self.cand_in(torch.cat(cand, dim=2))  # (B, C, W)
+        return self.mlp(z).squeeze(-1)  # (B, C)
+
+    def table_shapes(self) -> dict[str, tuple[int, int]]:
+        """(rows, D) of each table."""
+        return {t: (self.rows[t], self.cfg.embedding_dim) for t in TABLES}
+
+    def dense_named_parameters(self) -> dict[str, nn.Parameter]:
+        """The head's parameters by name (everything outside the embedding tables)."""
+        return {n: p for n, p in self.named_parameters() if not n.startswith("ebc.")}
+
+
+def check_inputs(
+    users: torch.Tensor,
+    history: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_topics: torch.Tensor,
+    n_ids: dict[str, int],
+    history_bag: bool,
+) -> None:
+    """Raise ValueError naming the argument when a shape, dtype or id is wrong."""
+    if candidates.dim() != 2 or candidates.shape[1] < 1:
+        raise ValueError(f"candidates must be (B, C) with C >= 1, got {tuple(candidates.shape)}")
+    b = candidates.shape[0]
+    if users.shape != (b,):
+        raise ValueError(f"users must be (B,) = ({b},), got {tuple(users.shape)}")
+    if candidate_topics.shape != candidates.shape:
+        raise ValueError(
+            f"candidate_topics must match candidates {tuple(candidates.shape)}, "
+            f"got {tuple(candidate_topics.shape)}"
+        )
+    named = [("users", users, "user", 0), ("candidates", candidates, "item", 0),
+             ("candidate_topics", candidate_topics, "topic", 0)]
+    if history_bag:
+        if history.dim() != 2 or history.shape[0] != b:
+            raise ValueError(f"history must be (B, H) = ({b}, H), got {tuple(history.shape)}")
+        named.append(("history", history, "item", -1))
+    for arg, ids, _, _ in named:
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{arg} must hold integer ids, got dtype {ids.dtype}")
+    # One device sync for all range checks; details only when something is wrong.
+    bad = [((ids < lowest) | (ids >= n_ids[table])).any() for _, ids, table, lowest in named]
+    if not torch.stack(bad).any():
+        return
+    for (arg, ids, table, lowest), is_bad in zip(named, bad):
+        if is_bad:
+            pad = " or -1 (padding)" if lowest < 0 else ""
+            raise ValueError(
+                f"{arg} ids must be in [0, {n_ids[table]}){pad}, "
+                f"got values in [{int(ids.min())}, {int(ids.max())}]"
+            )
+
+
+def request_features(
+    users: torch.Tensor,
+    history: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_topics: torch.Tensor,
+    rows: dict[str, int],
+    n_ids: dict[str, int],
+    history_bag: bool,
+) -> KeyedJaggedTensor:
+    """Pack a batch into one KJT with N = B*C bags per feature (bag r belongs to request r // C).
+
+    ``item`` and ``topic`` have one id per bag. ``user`` and ``history`` are per request: their
+    bags sit in the first slot of each request (r % C == 0) and the other C - 1 slots are
+    empty, so each user row and each history id is looked up once, not C times. History ids
+    of -1 are padding and are dropped. Ids are hashed where a table has fewer rows than ids.
+    """
+    b, c = candidates.shape
+    dev = candidates.device
+
+    def table_ids(ids: torch.Tensor, table: str) -> torch.Tensor:
+        ids = ids.reshape(-1).long()
+        return ids if rows[table] >= n_ids[table] else hash_ids(ids, rows[table], table)
+
+    first_slot = torch.zeros(b, c, dtype=torch.long, device=dev)  # (B, C)
+    first_slot[:, 0] = 1
+    one_per_bag = torch.ones(b * c, dtype=torch.long, device=dev)  # (B*C,)
+    keys, values, lengths = ["user"], [table_ids(users, "user")], [first_slot.view(-1)]
+    if history_bag:
+        valid = history >= 0  # (B, H)
+        hist_len = torch.zeros(b, c, dtype=torch.long, device=dev)  # (B, C)
+        hist_len[:, 0] = valid.sum(dim=1)
+        keys.append("history")
+        values.append(table_ids(history[valid], "item"))  # row-major: grouped by request
+        lengths.append(hist_len.view(-1))
+    keys += ["item", "topic"]
+    values += [table_ids(candidates, "item"), table_ids(candidate_topics, "topic")]
+    lengths += [one_per_bag, one_per_bag]
+    return KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
+
+
+@torch.no_grad()
+def init_weights(
+    tables: dict[str, torch.Tensor],
+    dense: dict[str, torch.Tensor],
+    gen: torch.Generator,
+    std: float,
+    table_shapes: dict[str, tuple[int, int]],
+) -> None:
+    """Fill weights in place from ``gen`` (a CPU generator), in a fixed order.
+
+    Tables (``user``, ``item``, ``topic``) ~ N(0, std^2); every dense weight and bias ~
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's nn.Linear range), by parameter name. A table
+    absent from ``tables`` (held by another rank) is still drawn, to keep the stream aligned.
+    """
+    d = next(iter(dense.values())).device
+    for t in TABLES:
+        w = torch.randn(table_shapes[t], generator=gen) * std  # (rows, D)
+        if t in tables:
+            tables[t].copy_(w.to(tables[t].device))
+    for name in sorted(dense):
+        weight = dense[name.rsplit(".", 1)[0] + ".weight"]  # (out, in)
+        bound = 1.0 / math.sqrt(weight.shape[1])
+        vals = (torch.rand(dense[name].shape, generator=gen) * 2 - 1) * bound
+        dense[name].copy_(vals.to(d))
+
+
+def build_scorer(
+    cfg: ModelConfig,
+    n_users: int,
+    n_items: int,
+    n_topics: int,
+    gen: torch.Generator,
+    device: torch.device | None = None,
+) -> Scorer:
+    """A plain (unsharded) initialised :class:`Scorer`; for inference, tests and references.
+
+    Training it directly works but builds dense gradients of whole tables: train through
+    :class:`TrainableScorer` instead."""
+    device = resolve_device(cfg.device) if device is None else device
+    scorer = _plain_scorer(cfg, n_users, n_items, n_topics, device)
+    tables = {t: scorer.ebc.embedding_bags[t].weight for t in TABLES}
+    init_weights(tables, scorer.dense_named_parameters(), gen, cfg.embedding_init_std,
+                 scorer.table_shapes())
+    return scorer
+
+
+def _plain_scorer(cfg: ModelConfig, n_users: int, n_items: int, n_topics: int,
+                  device: torch.device) -> Scorer:
+    scorer = Scorer(cfg, n_users, n_items, n_topics, device)
+    scorer.ebc.to_empty(device=device)
+    return scorer
+
+
+def _local(t: torch.Tensor) -> torch.Tensor | None:
+    """This rank's whole-table tensor of a (possibly sharded) state entry; None if not held."""
+    if not isinstance(t, ShardedTensor):
+        return t
+    with warnings.catch_warnings():  # torchrec's "ShardedTensor is deprecated" FutureWarning
+        warnings.simplefilter("ignore", FutureWarning)
+        shards, size = t.local_shards(), tuple(t.size())
+    if not shards:
+        return None
+    if len(shards) != 1 or tuple(shards[0].tensor.shape) != size:
+        raise NotImplementedError("only whole tables per rank (table-wise sharding) are supported")
+    return shards[0].tensor
+
+
+def _quiet(fn, *args):
+    """Call ``fn`` hiding torchrec's 'ShardedTensor is deprecated' FutureWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return fn(*args)
+
+
+class TrainableScorer:
+    """A :class:`Scorer` under DistributedModelParallel: fused sparse optimizer + dense Adam.
+
+    Args:
+        cfg: the model config (its ``device`` picks CPU or CUDA).
+        n_users, n_items, n_topics: id counts of the world.
+        gen: CPU generator for the initial weights (see :func:`init_weights`).
+
+    Usage::
+
+        model = TrainableScorer(cfg, n_users, n_items, n_topics, gen)
+        logits = model.score(users, history, items, topics)   # (B, K)
+        model.step(pointwise_bce(logits.flatten(), clicks.flatten()))
+
+    The table rows a batch touches are updated *during* ``loss.backward()`` (inside ``step``);
+    dense parameters by Adam right after. Tables never get a ``.grad``.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, n_users: int, n_items: int, n_topics: int, gen: torch.Generator
+    ) -> None:
+        self.cfg = cfg
+        self.device = local_device(resolve_device(cfg.device))
+        self.n_ids = {"user": n_users, "item": n_items, "topic": n_topics}
+        pg = ensure_process_group(self.device)
+        self.world_size = torch.distributed.get_world_size(pg)
+        self.scorer = Scorer(cfg, n_users, n_items, n_topics, self.device)
+        params = fused_params(cfg.sparse_optimizer, cfg.sparse_lr, cfg.sparse_eps)
+        # fbgemm fills new tables from the global RNG; fork it so that building a model leaves
+        # global random state untouched (our own init below uses ``gen``).
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            self.dmp = shard_tables(self.scorer, "ebc", list(TABLES), params, self.device, pg)
+        dense = self.dense_parameters()
+        init_weights(self.sparse_tables(), dense, gen, cfg.embedding_init_std,
+                     self.scorer.table_shapes())
+        self.dense_optimizer = torch.optim.Adam(
+            [dense[n] for n in sorted(dense)], lr=cfg.dense_lr,
+            weight_decay=cfg.dense_weight_decay,
+        )
+
+    # ---- scoring and training -------------------------------------------------------------
+    def score(
+        self,
+        users: torch.Tensor,
+        history: torch.Tensor,
+        candidates: torch.Tensor,
+        candidate_topics: torch.Tensor,
+    ) -> torch.Tensor:
+        """Click logits (B, C) for candidates (B, C) of requests by users (B,) with history
+        (B, H) (-1 = padding). Inputs may live on any device; the output is on ``self.device``.
+        Call under ``torch.no_grad()`` when serving."""
+        dev = self.device
+        return self.dmp(users.to(dev), history.to(dev), candidates.to(dev),
+                        candidate_topics.to(dev))
+
+    def score_requests(self, batch) -> torch.Tensor:
+        """:meth:`score` on anything with ``users, history, candidates, candidate_topics``
+        attributes (``simulators.day.Requests``, ``DayLog``)."""
+        return self.score(batch.users, batch.history, batch.candidates, batch.candidate_topics)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward (fused sparse updates happen here) and one Adam step on the dense head."""
+        self.dense_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dense_optimizer.step()
+
+    def train(self) -> TrainableScorer:
+        self.dmp.train()
+        return self
+
+    def eval(self) -> TrainableScorer:
+        self.dmp.eval()
+        return self
+
+    # ---- parameters (for drift probes) ---------------------------------------------------
+    def dense_parameters(self) -> dict[str, nn.Parameter]:
+        """The dense head's live parameters by name (``user_in.weight``, ``mlp.1.bias``, ...)."""
+        return self.scorer.dense_named_parameters()
+
+    def sparse_tables(self) -> dict[str, torch.Tensor]:
+        """Live (rows, D) weights of the tables this rank holds, by table name; in-place views
+        into the fused kernel's storage: clone before keeping a snapshot."""
+        sd = _quiet(self.dmp.state_dict)
+        out = {t: _local(sd[f"ebc.embedding_bags.{t}.weight"]) for t in TABLES}
+        return {t: w for t, w in out.items() if w is not None}
+
+    def sparse_optimizer_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Live fused-optimizer state by parameter name, e.g.
+        ``{'ebc.embedding_bags.item.weight': {'item.momentum1': (rows,)}}`` for row-wise
+        Adagrad (one accumulator per row); empty dicts for SGD."""
+        state = _quiet(self.dmp.fused_optimizer.state_dict)["state"]
+        out = {}
+        for param, entries in state.items():
+            local = {n: _local(v) for n, v in entries.items()}
+            out[param] = {n: v for n, v in local.items() if v is not None}
+        return out
+
+    # ---- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Full training state as plain tensors / containers (``torch.load(weights_only=True)``
+        can read it): ``model`` (tables and head), ``sparse_optimizer`` (fused state),
+        ``dense_optimizer`` (Adam). Tensors are live references: save or clone them."""
+        model = {k: _local(v) for k, v in _quiet(self.dmp.state_dict).items()}
+        return {
+            "model": {k: v.detach() for k, v in model.items() if v is not None},
+            "sparse_optimizer": self.sparse_optimizer_state(),
+            "dense_optimizer": self.dense_optimizer.state_dict(),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (copies into the live tensors)."""
+        missing = {"model", "sparse_optimizer", "dense_optimizer"} - set(state)
+        if missing:
+            raise ValueError(f"state is missing {sorted(missing)}; pass TrainableScorer.state_dict()")
+        _copy_into(self.state_dict()["model"], state["model"], "model")
+        live = self.sparse_optimizer_state()
+        for param, entries in live.items():
+            _copy_into(entries, state["sparse_optimizer"].get(param, {}), f"sparse_optimizer.{param}")
+        extra = set(state["sparse_optimizer"]) - set(live)
+        if extra:
+            raise ValueError(f"sparse_optimizer has unknown parameters {sorted(extra)}")
+        self.dense_optimizer.load_state_dict(state["dense_optimizer"])
+
+    def frozen_copy(self) -> Scorer:
+        """A plain, no-grad :class:`Scorer` with the current weights (the reference policy
+        pi_0 for KL terms); later training does not change it."""
+        if self.world_size != 1:
+            raise NotImplementedError("frozen_copy needs world size 1 (tables are split across ranks)")
+        n = self.n_ids
+        frozen = _plain_scorer(self.cfg, n["user"], n["item"], n["topic"], self.device)
+        frozen.load_state_dict({k: v.clone() for k, v in self.state_dict()["model"].items()})
+        return frozen.requires_grad_(False).eval()
+
+
+def _copy_into(live: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], where: str) -> None:
+    """Copy ``saved`` into ``live`` tensor by tensor; key or shape mismatches name the entry."""
+    if set(live) != set(saved):
+        raise ValueError(
+            f"{where}: saved keys differ from the model's: missing {sorted(set(live) - set(saved))},"
+            f" unexpected {sorted(set(saved) - set(live))} (was the checkpoint made with "
+            "another ModelConfig or world?)"
+        )
+    for k, v in live.items():
+        if tuple(saved[k].shape) != tuple(v.shape):
+            raise ValueError(
+                f"{where}.{k}: saved shape {tuple(saved[k].shape)} != model shape "
+                f"{tuple(v.shape)} (another ModelConfig or world size?)"
+            )
+        v.copy_(saved[k].to(v.device))

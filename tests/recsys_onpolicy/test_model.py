@@ -1,0 +1,294 @@
+"""Tests of recsys_onpolicy/model.py: config, hashing, the scorer's maths, the fused training path.
+
+Tiny worlds only. TrainableScorer starts a single-process gloo group on a free port the first
+time it is built in a test process (each pytest-xdist worker gets its own).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys_onpolicy.model import (
+    ModelConfig,
+    Scorer,
+    TrainableScorer,
+    build_scorer,
+    hash_ids,
+    table_rows,
+)
+from recsys_onpolicy.objectives import pointwise_bce
+from simulators.typed_config import ConfigError, validate
+
+U, I, T = 40, 30, 5  # users, items, topics of the tiny world
+CPU = ModelConfig(device="cpu", embedding_dim=8, head_width=16)
+
+
+def batch(gen: torch.Generator, b: int = 6, c: int = 4, h: int = 5):
+    users = torch.randint(0, U, (b,), generator=gen)
+    history = torch.randint(-1, I, (b, h), generator=gen)  # (B, H), some -1 padding
+    cands = torch.randint(0, I, (b, c), generator=gen)
+    topics = torch.randint(0, T, (b, c), generator=gen)
+    return users, history, cands, topics
+
+
+def reference_logits(scorer: Scorer, users, history, cands, topics) -> torch.Tensor:
+    """The head written out by hand from the module docstring, one request at a time."""
+    eb = scorer.ebc.embedding_bags
+    out = torch.empty(cands.shape)
+    lin = lambda m, x: x @ m.weight.T + (m.bias if m.bias is not None else 0)
+    for r in range(cands.shape[0]):
+        u = eb["user"].weight[users[r]]
+        ids = [x for x in history[r].tolist() if x >= 0]
+        h = eb["item"].weight[ids].mean(0) if ids else torch.zeros_like(u)
+        for j in range(cands.shape[1]):
+            i, t = eb["item"].weight[cands[r, j]], eb["topic"].weight[topics[r, j]]
+            z = lin(scorer.user_in, torch.cat([u, h])) + lin(
+                scorer.cand_in, torch.cat([i, t, u * i, u * t, h * i, h * t]))
+            for layer in scorer.mlp:
+                z = torch.relu(z) if isinstance(layer, torch.nn.ReLU) else lin(layer, z)
+            out[r, j] = z.squeeze()
+    return out
+
+
+# ---- config -------------------------------------------------------------------------------
+def test_config_defaults_are_valid_and_documented():
+    cfg = ModelConfig()
+    assert cfg.sparse_optimizer == "rowwise_adagrad" and cfg.device == "auto"
+    assert all(f.description for f in ModelConfig.model_fields.values())
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ({"embedding_dim": 30}, "multiple of 4"),
+        ({"head_depth": 0}, "head_depth"),
+        ({"user_rows": 0}, "user_rows"),
+        ({"sparse_optimizer": "adam"}, "sparse_optimizer"),
+        ({"sparse_lr": -0.1}, "sparse_lr"),
+        ({"device": "tpu"}, "device"),
+        ({"embedding_dims": 32}, "unknown key"),
+    ],
+)
+def test_bad_config_names_the_field(bad, needle):
+    with pytest.raises(ConfigError, match=needle):
+        validate(ModelConfig, bad)
+
+
+# ---- hashing ------------------------------------------------------------------------------
+def test_hash_maps_into_table_and_spreads_strided_ids():
+    ids = torch.arange(0, 10_000)
+    h = hash_ids(ids, 10, "user")
+    assert h.min() >= 0 and h.max() < 10
+    counts = torch.bincount(h, minlength=10)
+    assert counts.min() > 800 and counts.max() < 1200  # ~1000 per row
+    strided = hash_ids(torch.arange(0, 1000, 10), 10, "item")  # all == 0 under ids % 10
+    assert len(set(strided.tolist())) == 10
+    assert not torch.equal(hash_ids(ids, 10, "user"), hash_ids(ids, 10, "item"))
+
+
+def test_table_rows_caps_at_one_row_per_id():
+    cfg = ModelConfig(user_rows=8, item_rows=1000)
+    assert table_rows(cfg, U, I, T) == {"user": 8, "item": I, "topic": T}
+
+
+def test_hashed_users_share_a_row():
+    cfg = CPU.model_copy(update={"user_rows": 4})
+    scorer = build_scorer(cfg, U, I, T, torch.Generator().manual_seed(0))
+    assert scorer.ebc.embedding_bags["user"].weight.shape == (4, 8)
+    rows = hash_ids(torch.arange(U), 4, "user")
+    a, b = [u for u in range(U) if rows[u] == rows[0]][:2]
+    c = next(u for u in range(U) if rows[u] != rows[0])
+    _, history, cands, topics = batch(torch.Generator().manual_seed(1), b=1)
+    score = lambda u: scorer(torch.tensor([u]), history, cands, topics)
+    assert torch.equal(score(a), score(b))
+    assert not torch.allclose(score(a), score(c))
+
+
+# ---- the scorer ---------------------------------------------------------------------------
+def test_forward_matches_hand_written_head():
+    scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    x = batch(torch.Generator().manual_seed(1))
+    x[1][0] = -1  # a request with an empty history
+    with torch.no_grad():
+        got, want = scorer(*x), reference_logits(scorer, *x)
+    assert got.shape == (6, 4)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_history_padding_is_ignored_wherever_it_sits():
+    scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    users, _, cands, topics = batch(torch.Generator().manual_seed(1), b=1)
+    hists = [torch.tensor([[5, -1, 7, -1]]), torch.tensor([[-1, -1, 5, 7]]), torch.tensor([[5, 7]])]
+    with torch.no_grad():
+        scores = [scorer(users, h, cands, topics) for h in hists]
+        other = scorer(users, torch.tensor([[5, 8]]), cands, topics)
+    for s in scores[1:]:
+        torch.testing.assert_close(s, scores[0], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(other, scores[0])
+
+
+def test_candidate_scores_do_not_depend_on_other_candidates():
+    scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    users, history, cands, topics = batch(torch.Generator().manual_seed(1), b=3, c=5)
+    with torch.no_grad():
+        all_at_once = scorer(users, history, cands, topics)  # (3, 5)
+        one_by_one = torch.cat(
+            [scorer(users, history, cands[:, j:j + 1], topics[:, j:j + 1]) for j in range(5)], 1)
+    torch.testing.assert_close(all_at_once, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+def test_without_history_bag_history_is_unused():
+    cfg = CPU.model_copy(update={"history_bag": False})
+    scorer = build_scorer(cfg, U, I, T, torch.Generator().manual_seed(0))
+    users, history, cands, topics = batch(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(scorer(users, history, cands, topics),
+                                   scorer(users, history.flip(1), cands, topics))
+    assert scorer.cand_in.in_features == 4 * 8
+
+
+@pytest.mark.parametrize(
+    "index, value, needle",
+    [(2, I, r"candidates ids must be in \[0, 30\)"), (1, -2, "history ids"),
+     (0, U, "users ids"), (3, T, "candidate_topics ids")],
+)
+def test_bad_ids_are_named(index, value, needle):
+    scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    x = list(batch(torch.Generator().manual_seed(1)))
+    x[index] = x[index].clone()
+    x[index].view(-1)[0] = value
+    with pytest.raises(ValueError, match=needle):
+        scorer(*x)
+
+
+def test_bad_shapes_are_named():
+    scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    users, history, cands, topics = batch(torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="candidate_topics must match"):
+        scorer(users, history, cands, topics[:, :2])
+    with pytest.raises(ValueError, match="users must be"):
+        scorer(users[:2], history, cands, topics)
+
+
+# ---- the trainable scorer -----------------------------------------------------------------
+def test_trainable_and_plain_scorer_agree_at_init():
+    model = TrainableScorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    plain = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    x = batch(torch.Generator().manual_seed(1))
+    with torch.no_grad():  # fbgemm's and torch's mean pooling may differ in the last bit
+        torch.testing.assert_close(model.score(*x), plain(*x), rtol=1e-6, atol=1e-7)
+    assert model.score(*x).shape == (6, 4)
+
+
+@pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "adagrad", "sgd"])
+def test_fused_sparse_update_touches_only_looked_up_rows(optimizer):
+    cfg = CPU.model_copy(update={"sparse_optimizer": optimizer})
+    model = TrainableScorer(cfg, U, I, T, torch.Generator().manual_seed(0))
+    kernels = {type(m).__name__ for lookup in model.scorer.ebc._lookups for m in lookup.modules()}
+    assert {"BatchedFusedEmbeddingBag", "SplitTableBatchedEmbeddingBagsCodegen"} <= kernels
+    before = {t: w.clone() for t, w in model.sparse_tables().items()}
+    users, history, cands, topics = batch(torch.Generator().manual_seed(1))
+    logits = model.score(users, history, cands, topics)
+    model.step(pointwise_bce(logits.flatten(), torch.ones(logits.numel())))
+    # No table-sized dense gradient anywhere: tables have no .grad, only the head has grads.
+    for name, p in model.dmp.named_parameters():
+        assert (p.grad is None) == name.startswith("ebc."), name
+    after = model.sparse_tables()
+    touched = {"user": users, "item": torch.cat([cands.flatten(), history[history >= 0]]),
+               "topic": topics.flatten()}
+    for t, ids in touched.items():
+        mask = torch.zeros(after[t].shape[0], dtype=torch.bool)
+        mask[ids] = True
+        changed = (after[t] != before[t]).any(dim=1)
+        assert torch.equal(changed, mask), t
+    state = model.sparse_optimizer_state()["ebc.embedding_bags.item.weight"]
+    if optimizer == "sgd":
+        assert state == {}
+    else:
+        (acc,) = state.values()  # (rows,) row-wise or (rows * D,) / (rows, D) per entry
+        per_row = acc.reshape(I, -1).sum(1)
+        mask = torch.zeros(I, dtype=torch.bool)
+        mask[touched["item"]] = True
+        assert torch.equal(per_row > 0, mask)
+
+
+def test_supervised_steps_lower_the_loss():
+    """Clicks follow a hidden user x item affinity; 30 BCE steps must beat the base rate."""
+    gen = torch.Generator().manual_seed(0)
+    cfg = CPU.model_copy(update={"sparse_lr": 0.1, "dense_lr": 1e-2})
+    model = TrainableScorer(cfg, U, I, T, gen)
+    users, history, cands, topics = batch(gen, b=64, c=8)
+    true_logit = 3 * torch.randn(U, 2, generator=gen) @ torch.randn(2, I, generator=gen)
+    clicks = torch.bernoulli(torch.sigmoid(true_logit[users[:, None], cands]), generator=gen)
+    base = F.binary_cross_entropy(torch.full_like(clicks, clicks.mean().item()), clicks).item()
+    losses = []
+    for _ in range(30):
+        loss = pointwise_bce(model.score(users, history, cands, topics).flatten(), clicks.flatten())
+        model.step(loss)
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+    assert losses[-1] < base - 0.05
+
+
+def test_frozen_copy_keeps_the_old_weights():
+    model = TrainableScorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    x = batch(torch.Generator().manual_seed(1))
+    frozen = model.frozen_copy()
+    with torch.no_grad():
+        start = model.score(*x)
+    torch.testing.assert_close(frozen(*x), start, rtol=1e-6, atol=1e-7)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    for _ in range(3):
+        model.step(pointwise_bce(model.score(*x).flatten(), torch.zeros(24)))
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(*x), start, rtol=1e-6, atol=1e-7)
+        assert (model.score(*x) - start).abs().max() > 1e-3
+
+
+def test_dense_parameters_are_the_head():
+    model = TrainableScorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    dense = model.dense_parameters()
+    assert "user_in.weight" in dense and not any(n.startswith("ebc") for n in dense)
+    n_head = sum(p.numel() for p in dense.values())
+    d, w = 8, 16
+    assert n_head == (2 * d * w + w) + 6 * d * w + (w * w + w) + (w + 1)
+    assert {t: tuple(v.shape) for t, v in model.sparse_tables().items()} == {
+        "user": (U, d), "item": (I, d), "topic": (T, d)}
+
+
+def test_state_dict_roundtrip_and_mismatch():
+    model = TrainableScorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    x = batch(torch.Generator().manual_seed(1))
+    model.step(pointwise_bce(model.score(*x).flatten(), torch.ones(24)))
+    saved = {k: v for k, v in model.state_dict().items()}
+    saved = torch.utils._pytree.tree_map(lambda v: v.clone() if torch.is_tensor(v) else v, saved)
+    with torch.no_grad():
+        want = model.score(*x)
+    model.step(pointwise_bce(model.score(*x).flatten(), torch.ones(24)))
+    model.load_state_dict(saved)
+    with torch.no_grad():
+        assert torch.equal(model.score(*x), want)
+    other = TrainableScorer(CPU.model_copy(update={"user_rows": 7}), U, I, T,
+                            torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="embedding_bags.user.weight: saved shape"):
+        other.load_state_dict(saved)
+
+
+def test_init_scale_is_as_documented():
+    scorer = build_scorer(ModelConfig(device="cpu", embedding_init_std=0.05), 2000, 10, 3,
+                          torch.Generator().manual_seed(0))
+    std = scorer.ebc.embedding_bags["user"].weight.std().item()
+    assert abs(std - 0.05) < 0.002
+    w = scorer.user_in.weight
+    assert w.abs().max() <= 1 / math.sqrt(w.shape[1])
+
+
+
+def test_building_leaves_global_rng_alone():
+    before = torch.get_rng_state()
+    TrainableScorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.get_rng_state(), before)
