@@ -97,19 +97,21 @@ def slate_log_prob(
         scores = scores.unsqueeze(-2)  # (B, 1, C): broadcast over the group axis
     z = scores.to(torch.promote_types(scores.dtype, torch.float32)) / temperature  # (..., C)
     batch = torch.broadcast_shapes(z.shape[:-1], slates.shape[:-1])
-    z = z.expand(*batch, n_cand)
-    taken = torch.zeros(z.shape, dtype=torch.bool, device=z.device)  # (..., C) placed so far
-    duplicate = torch.zeros(batch, dtype=torch.bool, device=z.device)
-    logp = z.new_zeros(batch)
-    for j in range(slates.shape[-1]):  # K is small; each step is vectorised over the batch
-        y = slates[..., j : j + 1].expand(*batch, 1)  # (..., 1)
-        duplicate |= taken.gather(-1, y).squeeze(-1)
-        remaining = z.masked_fill(taken, float("-inf"))  # (..., C)
-        logp = logp + z.gather(-1, y).squeeze(-1) - remaining.logsumexp(dim=-1)
-        taken = taken.scatter(-1, y, True)
-    if bool(duplicate.any()):
+    # Flatten to contiguous (N, C) / (N, K): gathers and their backward on a broadcast (expanded)
+    # view are about 10x slower than on a materialised copy.
+    z = z.expand(*batch, n_cand).reshape(-1, n_cand)  # (N, C)
+    flat = slates.expand(*batch, slates.shape[-1]).reshape(-1, slates.shape[-1])  # (N, K)
+    # Position j's normaliser is logsumexp over the candidates not placed before j: the ones
+    # never placed ("rest", one masked logsumexp) plus the slate's own items j..K-1 (a reverse
+    # cumulative logsumexp), so no loop over positions and one pass over C.
+    chosen = z.gather(-1, flat)  # (N, K)
+    unplaced = torch.ones_like(z, dtype=torch.bool).scatter(-1, flat, False)  # (N, C)
+    if bool(((n_cand - unplaced.sum(-1)) < flat.shape[-1]).any()):
         raise ValueError("slates contain a duplicate candidate; a Plackett-Luce slate has none")
-    return logp
+    rest = z.masked_fill(~unplaced, float("-inf")).logsumexp(-1, keepdim=True)  # (N, 1)
+    tail = torch.logcumsumexp(chosen.flip(-1), dim=-1).flip(-1)  # (N, K) lse of chosen[j:]
+    logp = (chosen - torch.logaddexp(rest, tail)).sum(-1)  # (N,)
+    return logp.reshape(batch)
 
 
 def greedy_slates(scores: torch.Tensor, k: int) -> torch.Tensor:
