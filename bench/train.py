@@ -6,6 +6,11 @@ padded, random lengths); the model scores the K shown items and takes one fused-
 Ids are synthetic and uniform (a worst case for the TBE's caches: real traffic is skewed).
 Batches are generated before timing and cycled, so only training is measured.
 
+``grpo``: requests/s of the GRPO update (``recsys_onpolicy.regimes.policy_gradient.update``):
+score C candidates per request (B = ``--grpo-requests``), sample G Plackett-Luce slates of K,
+let the simulator answer them (a world with the model's users and items), group-normalised
+advantages, one fused-TBE + Adam step. Requests are generated before timing and cycled.
+
 Example::
 
     python bench/train.py                 # 1M users x 100k items, D = 32
@@ -87,13 +92,65 @@ def bench_supervised(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# GRPO requests/s: TO BE ADDED by the lead once regimes/grpo exists. Return a dict like
-# {"bench": "train", "regime": "grpo", "device": ..., "users": ..., "items": ..., "dim": ...,
-#  "requests_per_s": ...}; main() prints it when it is not None.
+# GRPO requests/s: the real regime update (recsys_onpolicy.regimes.policy_gradient.update) on a
+# world with the model's ids, so the simulator's answers to the G slates are part of the cost.
 # ---------------------------------------------------------------------------------------------
 def bench_grpo(args: argparse.Namespace) -> dict | None:
-    """Requests/s of a GRPO update (G slates per request); not implemented yet."""
-    return None
+    """Requests/s of the ``grpo`` update: score C candidates per request, sample G slates per
+    request, have the simulator answer them (clicks), group-normalised advantages, one fused-TBE
+    + Adam step. Requests (uniform users, random histories, candidates from the world's
+    retrieval mix) are generated before timing and cycled."""
+    from recsys_onpolicy.regimes import TrainContext, resolve_regime
+    from recsys_onpolicy.regimes.policy_gradient import update
+    from simulators.candidates import sample_candidates
+    from simulators.day import Requests
+    from simulators.presets import default_latent
+    from simulators.rng import make_generator
+    from simulators.world import make_world
+
+    cfg = ModelConfig(embedding_dim=args.dim, device=args.device)
+    device = resolve_device(cfg.device)
+    world = make_world(default_latent({
+        "users": {"n_users": args.users}, "device": device.type, "slate_size": args.slate,
+        "items": {"n_items": args.items, "n_topics": args.topics, "items_per_day": 0},
+        "candidates": {"n_candidates": args.candidates}, "history_len": args.history,
+    }), make_generator(0, device))
+    model = TrainableScorer(cfg, args.users, args.items, args.topics,
+                            torch.Generator().manual_seed(0))
+    regime = resolve_regime({"preset": "grpo", "group_size": args.group_size})
+    gen = make_generator(1, device)
+    ctx = TrainContext(regime=regime, policy=model, reference=None, world=world, gen=gen,
+                       temperature=1.0, batch_size=args.grpo_requests)
+    b, h = args.grpo_requests, args.history
+    batches = []
+    for _ in range(8):
+        users = torch.randint(0, args.users, (b,), generator=gen, device=device)
+        hist = torch.randint(0, args.items, (b, h), generator=gen, device=device)
+        lengths = torch.randint(0, h + 1, (b, 1), generator=gen, device=device)
+        hist[torch.arange(h, device=device)[None, :] >= lengths] = -1  # (B, H) -1 padded
+        cand = sample_candidates(world, users, gen)  # (B, C)
+        batches.append(Requests(day=0, request_id=torch.arange(b, device=device), users=users,
+                                cohort=world.users.cohort[users], history=hist, candidates=cand,
+                                item_topic=world.items.topic))
+    for i in range(args.warmup):
+        update(ctx, batches[i % len(batches)])
+    _sync(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for i in range(args.steps):
+        update(ctx, batches[i % len(batches)])
+    _sync(device)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    requests = args.steps * b
+    return {
+        "bench": "train", "regime": "grpo", "device": device.type,
+        "users": args.users, "items": args.items, "dim": args.dim,
+        "batch_requests": b, "candidates": args.candidates, "group_size": args.group_size,
+        "slate": args.slate, "history": args.history, "steps": args.steps,
+        "threads": torch.get_num_threads(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "requests_per_s": round(requests / elapsed, 1),
+        "slates_per_s": round(requests * args.group_size / elapsed, 1),
+        "requests_per_cpu_s": round(requests / cpu, 1),
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -113,6 +170,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--candidates", type=int, default=100, help="grpo: candidates C per request")
+    p.add_argument("--group-size", type=int, default=5, help="grpo: slates G per request")
+    p.add_argument("--grpo-requests", type=int, default=512, help="grpo: requests per update")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="small model and few steps (seconds)")
     args = p.parse_args(argv)
