@@ -1,0 +1,91 @@
+"""Choice models: hand-computed probabilities, properties on arbitrary logits, and empirical click
+rates against the analytic marginals."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulators import choice
+from simulators.config import ChoiceConfig
+
+# sigmoid(l) = 0.5, 0.25, 0.8
+LOGITS = torch.tensor([[0.0, math.log(1 / 3), math.log(4.0)]])
+
+
+def cfg(model, **kw):
+    return ChoiceConfig(model=model, **kw)
+
+
+def test_pbm_by_hand():
+    p = choice.click_probs(cfg("pbm", position_decay=1.0), LOGITS)
+    assert torch.allclose(p, torch.tensor([[0.5, 0.25 / 2, 0.8 / 3]]))
+
+
+def test_cascade_by_hand():
+    p = choice.click_probs(cfg("cascade"), LOGITS)
+    assert torch.allclose(p, torch.tensor([[0.5, 0.5 * 0.25, 0.5 * 0.75 * 0.8]]))
+
+
+def test_mnl_by_hand():
+    p = choice.click_probs(cfg("mnl", no_click_logit=0.0, position_decay=0.0), LOGITS)
+    e = torch.tensor([1.0, 1 / 3, 4.0])
+    assert torch.allclose(p, (e / (e.sum() + 1.0)).unsqueeze(0))
+    p = choice.click_probs(cfg("mnl", no_click_logit=0.0, position_decay=1.0), LOGITS)
+    e = torch.tensor([1.0, 1 / 6, 4 / 3])  # exp(l_k) / (k + 1)
+    assert torch.allclose(p, (e / (e.sum() + 1.0)).unsqueeze(0))
+
+
+def test_mnl_matches_torch_softmax():
+    logits = torch.randn(50, 7, generator=torch.Generator().manual_seed(0)) * 5
+    ref = torch.softmax(torch.cat([logits, torch.full((50, 1), 0.7)], 1), 1)[:, :-1]
+    assert torch.allclose(choice.mnl_probs(logits, 0.7), ref, atol=1e-6)
+
+
+def test_top_position_probs():
+    assert torch.allclose(choice.top_position_probs(cfg("pbm"), LOGITS), torch.sigmoid(LOGITS))
+    mnl = cfg("mnl", no_click_logit=1.0)
+    assert torch.allclose(choice.top_position_probs(mnl, LOGITS),
+                          choice.click_probs(mnl, LOGITS.T).T)  # each item alone
+
+
+finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(finite, min_size=4, max_size=4), min_size=1, max_size=6),
+       st.sampled_from(["pbm", "cascade", "mnl"]), st.floats(-50, 50), st.integers(0, 2**31))
+def test_probabilities_are_valid_for_any_logits(rows, model, no_click, seed):
+    c = cfg(model, no_click_logit=no_click)
+    p = choice.click_probs(c, torch.tensor(rows))
+    assert bool(torch.isfinite(p).all()) and bool(((p >= 0) & (p <= 1)).all())
+    if choice.at_most_one_click(c):
+        assert bool((p.sum(1) <= 1 + 1e-5).all())
+    clicks = choice.sample_clicks(c, p, torch.Generator().manual_seed(seed))
+    assert bool(((clicks == 0) | (clicks == 1)).all())
+    if choice.at_most_one_click(c):
+        assert bool((clicks.sum(1) <= 1).all())
+
+
+N = 200_000
+
+
+@pytest.mark.parametrize("model", ["pbm", "cascade", "mnl"])
+def test_empirical_click_rates_match_the_analytic_marginals(model):
+    """Tolerance: 5 binomial standard errors per position (N = 200k slates, fixed seed)."""
+    c = cfg(model, position_decay=0.7, no_click_logit=0.5)
+    logits = torch.tensor([[1.0, -0.5, 0.3, -2.0, 0.0]])
+    p = choice.click_probs(c, logits)[0]  # (K,)
+    clicks = choice.sample_clicks(c, p.expand(N, -1), torch.Generator().manual_seed(1))
+    rate = clicks.mean(0)
+    tol = 5 * torch.sqrt(p * (1 - p) / N)
+    assert bool(((rate - p).abs() <= tol).all()), (rate, p)
+    if choice.at_most_one_click(c):
+        none = float((clicks.sum(1) == 0).float().mean())
+        q = 1 - float(p.sum())
+        assert abs(none - q) <= 5 * math.sqrt(q * (1 - q) / N)
+    else:  # PBM positions are independent: P(click 0 and click 1) = p0 * p1
+        both = float((clicks[:, 0] * clicks[:, 1]).mean())
+        q = float(p[0] * p[1])
+        assert abs(both - q) <= 5 * math.sqrt(q * (1 - q) / N)
