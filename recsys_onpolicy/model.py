@@ -499,7 +499,9 @@ class TrainableScorer:
         extra = set(state["sparse_optimizer"]) - set(live)
         if extra:
             raise ValueError(f"sparse_optimizer has unknown parameters {sorted(extra)}")
-        self.dense_optimizer.load_state_dict(state["dense_optimizer"])
+        # torch keeps the given state tensors as live state: clone so later steps never write
+        # into the caller's dict (e.g. a checkpoint kept in memory).
+        self.dense_optimizer.load_state_dict(_clone_tree(state["dense_optimizer"]))
 
     def frozen_copy(self) -> Scorer:
         """A plain, no-grad :class:`Scorer` with the current weights (the reference policy
@@ -510,6 +512,17 @@ class TrainableScorer:
         frozen = _plain_scorer(self.cfg, n["user"], n["item"], n["topic"], self.device)
         frozen.load_state_dict({k: v.clone() for k, v in self.state_dict()["model"].items()})
         return frozen.requires_grad_(False).eval()
+
+
+def _clone_tree(tree):
+    """A copy of nested dicts/lists with every tensor cloned."""
+    if isinstance(tree, torch.Tensor):
+        return tree.clone()
+    if isinstance(tree, dict):
+        return {k: _clone_tree(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_clone_tree(v) for v in tree)
+    return tree
 
 
 def _copy_into(live: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], where: str) -> None:

@@ -11,12 +11,12 @@ by the report, the cross-domain comparison and optuna, in fixed namespaces:
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import polars as pl
+
+from simulators.logs import write_parquet_atomic  # noqa: F401  (re-exported)
 
 SCHEMA: dict[str, pl.DataType] = {
     "domain": pl.Utf8,
@@ -56,21 +56,6 @@ def check_schema(frame: pl.DataFrame) -> pl.DataFrame:
     if got != SCHEMA:
         raise ValueError(f"metrics frame does not match the result schema: got {got}, expected {SCHEMA}")
     return frame
-
-
-def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> Path:
-    """Write to a temporary file in the same folder, then rename: no half file is ever visible."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_metrics(frame: pl.DataFrame, path: str | Path) -> Path:
