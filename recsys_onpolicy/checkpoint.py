@@ -15,13 +15,12 @@ own file (the state holds the rank's tables only).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from recsys_onpolicy.model import TrainableScorer
+from simulators.atomic import atomic_write
 
 FORMAT = 1
 PLAIN = (torch.Tensor, int, float, bool, str, type(None))
@@ -36,18 +35,7 @@ def save_checkpoint(path: str | Path, scorer: TrainableScorer, extra: dict) -> N
         "state": scorer.state_dict(),
         "extra": extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | Path, scorer: TrainableScorer) -> dict:

@@ -11,12 +11,12 @@ by the report, the cross-domain comparison and optuna, in fixed namespaces:
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import polars as pl
 
-from simulators.logs import write_parquet_atomic  # noqa: F401  (re-exported)
+from simulators.logs import write_parquet_atomic
 
 SCHEMA: dict[str, pl.DataType] = {
     "domain": pl.Utf8,

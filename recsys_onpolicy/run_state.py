@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from simulators.atomic import atomic_write
 from simulators.config import WorldConfig
 from simulators.rng import make_generator
 from simulators.world import Items, Users, World
@@ -93,17 +92,7 @@ def to_cpu(tree):
 def save_atomic(obj, path: str | Path) -> Path:
     """``torch.save`` to a temporary file next to ``path``, then rename: a run killed while
     writing leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_state(path: str | Path) -> dict:

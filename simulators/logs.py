@@ -13,13 +13,12 @@ mid-write leaves either the previous file or the new one, never half a file (a l
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import polars as pl
 import torch
 
+from simulators.atomic import atomic_write
 from simulators.day import DayLog
 
 SCHEMA: dict[str, pl.DataType] = {
@@ -66,20 +65,8 @@ def day_dir(root: str | Path, day: int) -> Path:
 
 
 def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> Path:
-    """Write ``frame`` to ``path`` via a temporary file, fsync and rename; no half file is visible."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            frame.write_parquet(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``frame`` to ``path`` atomically (:func:`simulators.atomic.atomic_write`)."""
+    return atomic_write(path, frame.write_parquet)
 
 
 def write_day(frame: pl.DataFrame, root: str | Path) -> Path:
