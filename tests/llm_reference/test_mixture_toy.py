@@ -1,5 +1,6 @@
 """Tests of the Gaussian-mixture toy: metric against closed forms, gradients against the
 official code's hand-written formulas, bookkeeping, reproducibility, smoke runs, figure, config."""
+
 from __future__ import annotations
 
 import math
@@ -121,10 +122,15 @@ def test_forward_kl_gradient_matches_the_official_formulas():
     # simulation/run.py fit_forward_kl: g_pi1, g_mu1, g_mu2, g_s1, g_s2
     assert float(pol.mix.grad[0]) == pytest.approx(float(-((n1 - n2) / q).mean()), rel=1e-9)
     assert pol.means.grad.tolist() == pytest.approx(
-        [float(-(r1 * (x + 3.5)).mean()), float(-(r2 * (x - 0.5) / 0.49).mean())], rel=1e-9)
+        [float(-(r1 * (x + 3.5)).mean()), float(-(r2 * (x - 0.5) / 0.49).mean())], rel=1e-9
+    )
     assert pol.spread.grad.tolist() == pytest.approx(
-        [float(-(r1 * (-1 + (x + 3.5) ** 2)).mean()),
-         float(-(r2 * (-1 / 0.7 + (x - 0.5) ** 2 / 0.343)).mean())], rel=1e-9)
+        [
+            float(-(r1 * (-1 + (x + 3.5) ** 2)).mean()),
+            float(-(r2 * (-1 / 0.7 + (x - 0.5) ** 2 / 0.343)).mean()),
+        ],
+        rel=1e-9,
+    )
 
 
 @pytest.mark.parametrize("placement,scale", [("inside_log", 1.0), ("scale", 0.1)])
@@ -169,12 +175,15 @@ def test_smoke_all_four_cases_in_the_shared_schema():
         ("bimodal", regime_name("forward_kl", 0.15, 1.0)),
         ("bimodal", regime_name("forward_kl", 0.01, 1.0)),
         ("bimodal", regime_name("reverse_kl", 0.01, 1.0)),
-        ("unimodal", "forward_kl_lr0.05"), ("unimodal", "reverse_kl_lr0.005"),
+        ("unimodal", "forward_kl_lr0.05"),
+        ("unimodal", "reverse_kl_lr0.005"),
     ]
     assert frame["value"].is_finite().all()
     start = frame.filter(pl.col("step") == 0)
+
     def at0(group, metric):
         return start.filter((pl.col("group") == group) & (pl.col("metric") == metric))["value"]
+
     # step 0 against hand values: gain/drop 0, bi-modal overlaps 2 Phi(-0.25), 2 Phi(-3 / 1.4)
     assert (at0("bimodal", "target/gain") == 0).all() and (at0("unimodal", "probe/drop") == 0).all()
     assert at0("bimodal", "probe/overlap_old")[0] == pytest.approx(2 * phi(-0.25), abs=1e-3)
@@ -249,7 +258,10 @@ def test_main_writes_metrics_table_and_figure(tmp_path, capsys):
     cfg_path.write_text(yaml.safe_dump(raw))
     main(["--config", str(cfg_path), "--out", str(tmp_path / "out"), "--seed", "1"])
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
-        "metrics.parquet", "gain_drop.txt", "densities.png"}
+        "metrics.parquet",
+        "gain_drop.txt",
+        "densities.png",
+    }
     assert "reverse_kl_lr0.005" in capsys.readouterr().out
     assert set(pl.read_parquet(tmp_path / "out" / "metrics.parquet")["seed"]) == {1}
 
@@ -259,21 +271,38 @@ def test_the_shipped_yaml_is_the_default_config():
     assert load_mixture_config(REPO / "configs/llm/mixture_toy.yaml") == MixtureToyConfig()
 
 
-@pytest.mark.parametrize("patch,needle", [
-    ({"bimodal": {"forward_lrs": [-0.1]}}, "forward_lrs"),
-    ({"inits": ["trimodal"]}, "inits.0"),
-    ({"inits": ["bimodal", "bimodal"]}, "once"),
-    ({"old_mode_lr_factor": 1.5}, "old_mode_lr_factor"),
-    ({"beta": 0}, "beta"),
-    ({"target": [{"weight": 0.5, "mean": 0, "std": 1},
-                 {"weight": 0.6, "mean": 3, "std": 1}]}, "sum"),
-    ({"target": [{"weight": 1.0, "mean": 0, "std": 1}]}, "exactly 2"),
-    ({"unimodal": {"components": [{"weight": 1.0, "mean": 0, "std": -1}]}}, "std"),
-    ({"bimodal": {"components": [{"weight": 0.5, "mean": 0, "std": 1}] * 2 + [
-        {"weight": 0.0001, "mean": 0, "std": 1}]}}, "components"),
-    ({"unimodal": {"grid_min": -3.0}}, "widen"),
-    ({"parametrisation": "direct"}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "patch,needle",
+    [
+        ({"bimodal": {"forward_lrs": [-0.1]}}, "forward_lrs"),
+        ({"inits": ["trimodal"]}, "inits.0"),
+        ({"inits": ["bimodal", "bimodal"]}, "once"),
+        ({"old_mode_lr_factor": 1.5}, "old_mode_lr_factor"),
+        ({"beta": 0}, "beta"),
+        (
+            {
+                "target": [
+                    {"weight": 0.5, "mean": 0, "std": 1},
+                    {"weight": 0.6, "mean": 3, "std": 1},
+                ]
+            },
+            "sum",
+        ),
+        ({"target": [{"weight": 1.0, "mean": 0, "std": 1}]}, "exactly 2"),
+        ({"unimodal": {"components": [{"weight": 1.0, "mean": 0, "std": -1}]}}, "std"),
+        (
+            {
+                "bimodal": {
+                    "components": [{"weight": 0.5, "mean": 0, "std": 1}] * 2
+                    + [{"weight": 0.0001, "mean": 0, "std": 1}]
+                }
+            },
+            "components",
+        ),
+        ({"unimodal": {"grid_min": -3.0}}, "widen"),
+        ({"parametrisation": "direct"}, "unknown key"),
+    ],
+)
 def test_bad_config_names_the_field(patch, needle):
     data = MixtureToyConfig().model_dump()
     for key, value in patch.items():

@@ -1,0 +1,185 @@
+"""Each regime on a tiny model through RunContext: what it trains on, and facts that follow from
+the objectives (zero reward or equal group rewards -> no update; the KL penalty's gradient is
+zero while pi == pi_0)."""
+
+import copy
+
+import pytest
+import torch
+from lightning.fabric import Fabric
+
+from llm_reference.config import GPTConfig, RegimeConfig, TaskConfig
+from llm_reference.gpt import GPT
+from llm_reference.regimes import REGIMES, RunContext, Traces
+from llm_reference.sampling import answer_samples
+from llm_reference.tasks import build_suite
+from llm_reference.tokenizer import CharTokenizer
+
+TOK = CharTokenizer()
+SUITE = build_suite(TaskConfig(n_eval=4, non_target=["copying"]))
+FABRIC = Fabric(accelerator="cpu", devices=1, precision="32-true")
+
+
+def make_ctx(steps=2, **changes) -> tuple[RunContext, GPT, list[tuple[int, dict]]]:
+    cfg = RegimeConfig(
+        **{
+            "steps": steps,
+            "batch_prompts": 2,
+            "group_size": 2,
+            "n_train_prompts": 4,
+            "rounds": 1,
+            "lr": 1e-2,
+            **changes,
+        }
+    )
+    base = GPT(
+        GPTConfig(block_size=24, n_layer=1, n_head=2, n_embd=16),
+        TOK.vocab_size,
+        generator=torch.Generator().manual_seed(0),
+    )
+    ref = copy.deepcopy(base).eval().requires_grad_(False)
+    model = copy.deepcopy(base)
+    policy, opt = FABRIC.setup(model, torch.optim.Adam(model.parameters(), lr=cfg.lr))
+    logged: list[tuple[int, dict]] = []
+    ctx = RunContext(
+        policy=policy,
+        ref=ref,
+        codec=TOK,
+        suite=SUITE,
+        cfg=cfg,
+        fabric=FABRIC,
+        optimizer=opt,
+        gen=torch.Generator().manual_seed(1),
+        log_step=lambda s, v: logged.append((s, v)),
+    )
+    return ctx, model, logged
+
+
+def params(m: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in m.parameters()]).clone()
+
+
+def constant_rewards(ctx: RunContext, value: float) -> None:
+    ctx.rewards = lambda s: torch.full((len(s),), value)  # instance attribute shadows the method
+
+
+def test_registry_has_every_preset():
+    assert set(REGIMES) == {
+        "teacher_sft",
+        "self_sft",
+        "iterative_sft",
+        "reinforce",
+        "grpo",
+        "grpo_kl",
+        "sft_on_rl_traces",
+    }
+    for fn in set(REGIMES.values()):
+        assert "How this differs from the paper" in fn.__doc__
+
+
+def test_reinforce_with_zero_reward_does_not_move():
+    ctx, model, logged = make_ctx()
+    constant_rewards(ctx, 0.0)
+    before = params(model)
+    REGIMES["reinforce"](ctx)
+    assert torch.equal(params(model), before)
+    assert [s for s, _ in logged] == [1, 2] and logged[0][1]["train/reward"] == 0.0
+
+
+def test_reinforce_with_reward_moves():
+    ctx, model, _ = make_ctx()
+    constant_rewards(ctx, 1.0)
+    before = params(model)
+    REGIMES["reinforce"](ctx)
+    assert not torch.equal(params(model), before)
+
+
+def test_grpo_with_equal_group_rewards_does_not_move_and_returns_traces():
+    ctx, model, _ = make_ctx(steps=3)
+    constant_rewards(ctx, 1.0)
+    before = params(model)
+    traces = REGIMES["grpo"](ctx)
+    assert torch.equal(params(model), before)  # zero advantage everywhere
+    assert len(traces.samples) == len(traces.rewards) == 3 * 2 * 2
+    assert all(p.startswith("N") for p in traces.samples.prompts)
+
+
+def test_grpo_kl_penalty_has_zero_gradient_while_policy_equals_base():
+    ctx, model, logged = make_ctx(steps=1, beta=0.05)
+    constant_rewards(ctx, 0.0)
+    before = params(model)
+    REGIMES["grpo_kl"](ctx)
+    assert logged[0][1]["train/kl_penalty"] == pytest.approx(0.0, abs=1e-6)
+    torch.testing.assert_close(params(model), before, atol=1e-7, rtol=0)
+
+
+def test_grpo_learns_from_mixed_rewards():
+    ctx, model, _ = make_ctx(steps=1)
+    ctx.rewards = lambda s: torch.tensor([float(i % 2) for i in range(len(s))])
+    before = params(model)
+    REGIMES["grpo"](ctx)
+    assert not torch.equal(params(model), before)
+
+
+def test_teacher_sft_raises_the_likelihood_of_teacher_answers():
+    ctx, _, logged = make_ctx(steps=6, n_train_prompts=2, batch_prompts=1)
+    gen_state = ctx.gen.get_state()
+    prompts = ctx.train_prompts(2)  # the prompts teacher_sft will draw (same generator state)
+    ctx.gen.set_state(gen_state)
+    data = answer_samples(TOK, prompts, [SUITE.target.teacher_answer(p) for p in prompts])
+    before = ctx.logp(data).mean().item()
+    REGIMES["teacher_sft"](ctx)
+    assert ctx.logp(data).mean().item() > before + 1.0
+    assert [s for s, _ in logged] == list(range(1, 7))
+    assert logged[-1][1]["train/loss"] < logged[0][1]["train/loss"]
+
+
+def test_self_sft_with_nothing_kept_stays_put():
+    ctx, model, logged = make_ctx()
+    constant_rewards(ctx, 0.0)
+    before = params(model)
+    REGIMES["self_sft"](ctx)
+    assert torch.equal(params(model), before)
+    assert logged[0][1] == {"train/loss": 0.0, "train/kept_fraction": 0.0}
+
+
+def test_self_sft_samples_the_base_and_iterative_sft_the_current_policy():
+    calls = []
+    for preset, rounds in (("self_sft", 1), ("iterative_sft", 3)):
+        ctx, model, logged = make_ctx(steps=4, rounds=rounds)
+        constant_rewards(ctx, 1.0)
+        original = ctx.sample
+        ctx.sample = lambda prompts, k, model=None, _o=original, _c=ctx, _p=preset: (
+            calls.append((_p, model is _c.ref, model is _c.policy)) or _o(prompts, k, model=model)
+        )
+        before = params(model)
+        REGIMES[preset](ctx)
+        assert not torch.equal(params(model), before)
+        assert [s for s, _ in logged] == [1, 2, 3, 4]
+        assert all(v["train/kept_fraction"] == 1.0 for _, v in logged)
+    assert calls == [("self_sft", True, False)] + [("iterative_sft", False, True)] * 3
+
+
+def test_sft_on_rl_traces_keeps_correct_traces_only():
+    ctx, model, logged = make_ctx()
+    with pytest.raises(ValueError, match="needs the samples of a GRPO run"):
+        REGIMES["sft_on_rl_traces"](ctx)
+    prompts = ctx.train_prompts(4)
+    samples = answer_samples(TOK, prompts, [SUITE.target.answer(p) for p in prompts])
+    ctx.traces = Traces(samples, [1.0, 0.0, 0.0, 1.0])
+    before = params(model)
+    REGIMES["sft_on_rl_traces"](ctx)
+    assert not torch.equal(params(model), before)
+    assert logged[0][1]["train/kept_fraction"] == 0.5
+
+
+def test_minibatches_cover_an_epoch_with_full_batches():
+    ctx, _, _ = make_ctx(batch_prompts=2, group_size=2)
+    prompts = [f"C{i}:" for i in range(10)]
+    data = answer_samples(TOK, prompts, [p[1:-1] for p in prompts])
+    it = ctx.minibatches(data)
+    epoch = [next(it) for _ in range(2)]  # 10 sequences: two full batches of 4, ragged tail dropped
+    assert [len(b) for b in epoch] == [4, 4]
+    assert len(set(epoch[0].prompts) | set(epoch[1].prompts)) == 8
+    with pytest.raises(ValueError, match="no training sequences"):
+        next(ctx.minibatches(answer_samples(TOK, [], [])))
