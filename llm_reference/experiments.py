@@ -17,30 +17,44 @@ from simulators.typed_config import ConfigError, validate
 def _seeds(data: dict) -> tuple[dict, int]:
     """``seeds`` (set by ``--seeds``) is the CLI's; the rest goes to the experiment's schema."""
     data = dict(data)
-    seeds = int(data.pop("seeds", 1))
-    if seeds < 1:
-        raise ConfigError(f"seeds = {seeds}: must be >= 1")
+    seeds = data.pop("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds = {seeds!r}: give a whole number >= 1")
     return data, seeds
+
+
+def _recipe_data(data: dict) -> dict:
+    """The recipe's mapping with ``seeds: N`` (as ``--seeds N`` writes it) read as seeds
+    0 .. N-1; a list of seeds is kept as it is."""
+    data = dict(data)
+    seeds = data.get("seeds")
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ConfigError(f"seeds = {seeds}: give a whole number >= 1 or a list of seeds")
+        data["seeds"] = list(range(seeds))
+    return data
 
 
 def validate_experiment(data: dict, source: str = "") -> None:
     """Raise ConfigError (naming the field) unless ``data`` is a valid LLM experiment."""
-    data, _ = _seeds(data)
     if data["experiment"] == "mixture_toy":
         from llm_reference.mixture_toy import MixtureToyFile
 
-        validate(MixtureToyFile, data, source=source)
+        validate(MixtureToyFile, _seeds(data)[0], source=source)
     else:
-        from llm_reference.config import LMRecipeFile
+        from llm_reference.config import LMRecipeConfig
 
-        validate(LMRecipeFile, data, source=source)
+        validate(LMRecipeConfig, _recipe_data(data), source=source)
 
 
 def run_mixture_toy_experiment(data: dict, out: Path, progress: bool = True) -> pl.DataFrame:
     """The Gaussian-mixture toy for seeds cfg.seed .. cfg.seed + seeds - 1, plus its figure."""
     from llm_reference.mixture_plot import plot_mixture_densities
     from llm_reference.mixture_toy import (
-        MixtureToyFile, format_gain_drop_table, gain_drop_table, run_mixture_toy,
+        MixtureToyFile,
+        format_gain_drop_table,
+        gain_drop_table,
+        run_mixture_toy,
     )
 
     data, seeds = _seeds(data)
@@ -58,11 +72,12 @@ def run_mixture_toy_experiment(data: dict, out: Path, progress: bool = True) -> 
 
 
 def run_tiny_lm_experiment(data: dict, out: Path, progress: bool = True) -> pl.DataFrame:
-    """The paper's recipe on the small LM world (all regimes x seeds)."""
-    from llm_reference.config import LMRecipeFile
+    """The paper's recipe on the small LM world (all regimes x seeds); its metrics go to
+    ``out/metrics.parquet``."""
+    from llm_reference.config import LMRecipeConfig
     from llm_reference.recipe import run_recipe
 
-    data, seeds = _seeds(data)
-    file = validate(LMRecipeFile, data)
-    return run_recipe(file, out=out, seeds=seeds if "seeds" in data else None,
-                      progress=progress)
+    cfg = validate(LMRecipeConfig, _recipe_data(data))
+    runtime = cfg.runtime.model_copy(
+        update={"run_dir": str(out), "verbose": bool(progress and cfg.runtime.verbose)})
+    return run_recipe(cfg.model_copy(update={"runtime": runtime}))

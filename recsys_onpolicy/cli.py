@@ -113,8 +113,12 @@ def _finish(frame, out: Path, title: str) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from recsys_onpolicy.sweep_runner import run_sweep_experiment
+    from recsys_onpolicy.experiment import load_experiment_data
+    from recsys_onpolicy.sweep_runner import run_sweep_experiment, validate_sweep_experiment
 
+    # the sweep's own requirements are checked before _prepare touches the output folder
+    validate_sweep_experiment(load_experiment_data(args.config, args.overrides),
+                              source=f"{args.config}: ")
     data, out = _prepare(args)
     frame = run_sweep_experiment(data, out, storage=args.storage, trials=args.trials,
                                  progress=not args.no_progress)
@@ -144,7 +148,11 @@ def cmd_compare(args) -> int:
                               "'recsys-onpolicy run'")
     if args.out.exists() and args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a folder: give the path of an .html file")
-    print(f"comparison: {write_comparison(args.run_dirs, args.out)}")
+    try:
+        path = write_comparison(args.run_dirs, args.out)
+    except ValueError as err:  # e.g. the same run given twice: one line, not a traceback
+        raise ConfigError(str(err)) from None
+    print(f"comparison: {path}")
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_onpolicy.experiment import RecsysExperiment, _run_task, RunTask, regime_label
+from recsys_onpolicy.experiment import RecsysExperiment, RunTask, _run_task, regime_label
 from recsys_onpolicy.sweep import run_sweep, storage_url
 from simulators.typed_config import ConfigError, validate
 
@@ -28,15 +28,21 @@ def last_values(frame: pl.DataFrame) -> tuple[dict[str, float], int]:
     return dict(zip(last["metric"].to_list(), last["value"].to_list())), step
 
 
-def run_sweep_experiment(data: dict, out: Path, storage: str | None = None,
-                         trials: int | None = None, progress: bool = True) -> pl.DataFrame:
-    exp = validate(RecsysExperiment, data)
+def validate_sweep_experiment(data: dict, source: str = "") -> RecsysExperiment:
+    """The validated experiment, or ConfigError unless it has a ``sweep`` and a removal."""
+    exp = validate(RecsysExperiment, data, source=source)
     if exp.sweep is None:
-        raise ConfigError("this config has no 'sweep' section: add one (see "
+        raise ConfigError(f"{source}this config has no 'sweep' section: add one (see "
                           "configs/recsys/lr_sweep.yaml) or use 'recsys-onpolicy run'")
     if not exp.run.removal.cohorts:
-        raise ConfigError("a sweep measures Drop on a removed cohort: set run.removal.cohort "
-                          "(and run.removal.from_day)")
+        raise ConfigError(f"{source}a sweep measures Drop on a removed cohort: set "
+                          "run.removal.cohort (and run.removal.from_day)")
+    return exp
+
+
+def run_sweep_experiment(data: dict, out: Path, storage: str | None = None,
+                         trials: int | None = None, progress: bool = True) -> pl.DataFrame:
+    exp = validate_sweep_experiment(data)
     cfg = exp.sweep.model_copy(update={k: v for k, v in
                                        {"storage": storage, "trials": trials}.items() if v})
     base = exp.run.model_dump(mode="json")
@@ -51,10 +57,10 @@ def run_sweep_experiment(data: dict, out: Path, storage: str | None = None,
         task = RunTask(regime, exp.seed, False, dict(base, seed=exp.seed, regime=spec),
                        str(out / "trials" / regime / f"trial={trial}"))
         frame = _run_task(task, exp.experiment, probes, str(out / "cache"), 0, None)
+        values, step = last_values(frame)
         if progress:
-            values, step = last_values(frame)
             print(f"  {regime} trial {trial}: lr={lr:.2e} gain={values.get('target/gain'):.4f} "
                   f"drop={values.get('probe/drop'):.4f}", flush=True)
-        return last_values(frame)
+        return values, step
 
     return run_sweep(cfg, storage_url(cfg, out), exp.experiment, evaluate)

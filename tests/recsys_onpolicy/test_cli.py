@@ -1,0 +1,360 @@
+"""The `recsys-onpolicy` command line, in-process (`cli.main([...])`): every command on a tiny
+experiment, `--help` everywhere, and the error paths (missing config, bad `--set`, bad values
+named by their field path, an existing output folder left untouched, `--resume` after a crash,
+`compare` / `report` of a folder that holds no run)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+from PIL import Image
+from polars.testing import assert_frame_equal
+
+from recsys_onpolicy import cli, loop
+from recsys_onpolicy.results import read_metrics
+
+# 2 cohorts of 60 users, C = 20, K = 5, a D = 8 model; cohort 1 leaves the stream after day 1.
+TINY = {
+    "domain": "recsys",
+    "experiment": "tiny",
+    "description": "CLI test",
+    "seeds": 1,
+    "regimes": ["supervised_daily", "grpo"],
+    "jobs": 1,
+    "run": {
+        "world": {"users": {"n_users": 120, "n_cohorts": 2},
+                  "items": {"n_items": 150, "n_topics": 8, "dim": 8, "items_per_day": 5},
+                  "candidates": {"n_candidates": 20}, "slate_size": 5, "history_len": 5},
+        "model": {"embedding_dim": 8, "head_width": 16, "device": "cpu"},
+        "days": 2,
+        "removal": {"cohort": 1, "from_day": 1},
+        "serve_batch_size": 256, "train_batch_size": 32, "probe_requests": 20,
+        "warmup": {"days": 1},
+    },
+    "probes": {"users_per_cohort": 15},
+}
+SWEEP = {"regimes": ["supervised_daily"], "trials": 1, "lr_low": 1e-4, "lr_high": 1e-2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine run much faster on one intra-op thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_config(folder: Path, data: dict = TINY, name: str = "tiny.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_cli(*args) -> int:
+    return cli.main([str(a) for a in args])
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``folder``: (mtime_ns, sha256)."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns,
+                                         hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def pngs(html_path: Path) -> list[np.ndarray]:
+    """Every PNG embedded in an HTML file, decoded (each must open)."""
+    html = html_path.read_text(encoding="utf-8")
+    found = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in found]
+
+
+def colours(img: np.ndarray) -> int:
+    """Number of distinct RGB colours of an (H, W, 3) uint8 image."""
+    packed = (img[..., 0].astype(np.int32) << 16) | (img[..., 1].astype(np.int32) << 8) | img[..., 2]
+    return len(np.unique(packed))
+
+
+def assert_real_images(images: list[np.ndarray], at_least: int) -> None:
+    assert len(images) >= at_least
+    for img in images:
+        assert img.shape[0] > 100 and img.shape[1] > 100
+        assert colours(img) > 10  # something is drawn, not a blank canvas
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished `run` of the tiny experiment: (config path, run dir, stdout)."""
+    root = tmp_path_factory.mktemp("cli")
+    config = write_config(root)
+    out = root / "run"
+    capture = io.StringIO()
+    import contextlib
+    with contextlib.redirect_stdout(capture):
+        assert run_cli("run", config, "--out", out, "--no-progress") == 0
+    return config, out, capture.getvalue()
+
+
+# ---- --help ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["sweep"], ["report"], ["compare"]])
+def test_help_everywhere(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(command + ["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: recsys-onpolicy")
+    if not command:
+        assert all(c in text for c in ("run", "sweep", "report", "compare"))
+    if command in (["run"], ["sweep"]):
+        assert all(flag in text for flag in ("--set", "--out", "--resume", "--overwrite"))
+
+
+def test_no_command_is_an_argument_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([])
+    assert exit_.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+# ---- run, report, compare -------------------------------------------------------------------
+
+
+def test_run_writes_the_run_directory(finished):
+    config, out, stdout = finished
+    assert yaml.safe_load((out / "config.yaml").read_text()) == yaml.safe_load(config.read_text())
+    frame = read_metrics(out / "metrics.parquet")
+    assert set(frame["regime"]) == {"supervised_daily", "grpo"}
+    assert set(frame["experiment"]) == {"tiny", "tiny/control"}
+    for regime in ("supervised_daily", "grpo"):
+        for run in ("seed=0", "seed=0-control"):
+            folder = out / "runs" / "base" / regime / run
+            assert (folder / "metrics.parquet").is_file() and (folder / "checkpoint.pt").is_file()
+            assert sorted(p.name for p in (folder / "logs").iterdir()) == [
+                "day=0001", "day=0002"]  # world days: 1 warm-up day, then the 2 experiment days
+    # the Gain/Drop/forgetting table is printed, one row per (experiment, regime)
+    header = next(line for line in stdout.splitlines() if line.startswith("domain"))
+    for column in ("gain", "drop", "forgetting", "forgetting vs control", "KL to base"):
+        assert column in header
+    assert sum(line.startswith("recsys  tiny") for line in stdout.splitlines()) == 4
+    assert f"report:  {out / 'report.html'}" in stdout
+
+
+def test_report_pngs_open(finished):
+    _, out, _ = finished
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html  # self-contained
+    assert 'id="forgetting"' in html and 'id="auc"' in html
+    assert_real_images(pngs(out / "report.html"), at_least=5)
+
+
+def test_report_command_rewrites_the_report(finished, tmp_path, capsys):
+    _, out, _ = finished
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("metrics.parquet", "config.yaml"):
+        shutil.copy(out / name, copy / name)
+    assert run_cli("report", copy) == 0
+    stdout = capsys.readouterr().out
+    assert "forgetting vs control" in stdout and str(copy / "report.html") in stdout
+    assert_real_images(pngs(copy / "report.html"), at_least=5)
+
+
+def test_compare_two_run_dirs(finished, tmp_path, capsys):
+    _, out, _ = finished
+    other = tmp_path / "other"
+    other.mkdir()
+    frame = read_metrics(out / "metrics.parquet").with_columns(experiment=pl.lit("tiny2"))
+    frame.write_parquet(other / "metrics.parquet")
+    target = tmp_path / "cmp.html"
+    assert run_cli("compare", out, other, "--out", target) == 0
+    assert str(target) in capsys.readouterr().out
+    html = target.read_text(encoding="utf-8")
+    assert "tiny2" in html
+    assert_real_images(pngs(target), at_least=1)
+
+
+def test_compare_of_a_missing_dir(finished, tmp_path, capsys):
+    _, out, _ = finished
+    target = tmp_path / "cmp.html"
+    assert run_cli("compare", out, tmp_path / "nowhere", "--out", target) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "metrics.parquet" in err and err.count("\n") == 1
+    assert not target.exists()
+
+
+def test_compare_of_the_same_run_twice(finished, tmp_path, capsys):
+    _, out, _ = finished
+    target = tmp_path / "cmp.html"
+    assert run_cli("compare", out, out, "--out", target) == 2
+    assert "in both" in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_report_of_a_folder_without_a_run(tmp_path, capsys):
+    assert run_cli("report", tmp_path) == 2
+    assert "metrics.parquet" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- error paths: nothing is touched --------------------------------------------------------
+
+
+def test_missing_config(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli("run", tmp_path / "missing.yaml", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err and err.startswith("recsys-onpolicy run: error:")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("run.days", "expected KEY=VALUE"),
+    ("=3", "dotted path"),
+    ("run.days=[1, 2", "not valid YAML"),
+    ("run.days.x=3", "run.days is a int"),
+])
+def test_bad_set_syntax(override, expected, tmp_path, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "out"
+    assert run_cli("run", config, "--set", override, "--out", out) == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override,path", [
+    ("run.days=0", "run.days"),
+    ("run.world.users.n_users=-5", "run.world.users.n_users"),
+    ("run.model.embedding_dim=6", "embedding_dim"),
+    ("probes.users_per_cohort=zero", "probes.users_per_cohort"),
+    ("run.dayz=3", "dayz"),
+    ("regimes=[grpo, not_a_preset]", "not_a_preset"),
+    ("run.removal.cohort=7", "removal.cohort"),
+])
+def test_bad_value_names_the_field(override, path, tmp_path, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "out"
+    assert run_cli("run", config, "--set", override, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert path in err and str(config) in err
+    assert not out.exists()
+
+
+def test_bad_arguments(tmp_path, capsys):
+    config = write_config(tmp_path)
+    for args in (["--seeds", "0"], ["--jobs", "two"], ["--resume", "--overwrite"]):
+        with pytest.raises(SystemExit) as exit_:
+            run_cli("run", config, "--out", tmp_path / "out", *args)
+        assert exit_.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_out_is_left_untouched(finished, capsys):
+    config, out, _ = finished
+    before = snapshot(out)
+    assert run_cli("run", config, "--out", out, "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--resume" in err and "--overwrite" in err
+    assert snapshot(out) == before
+
+
+def test_resume_with_another_config_is_refused(finished, capsys):
+    config, out, _ = finished
+    before = snapshot(out)
+    assert run_cli("run", config, "--out", out, "--resume", "--set", "run.days=3") == 2
+    assert "config differs" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+class Crash(RuntimeError):
+    """Stands in for a killed process."""
+
+
+def crash_after(monkeypatch, days: int) -> list[int]:
+    """Make the daily loop raise on its (days + 1)-th simulated day; returns the call log."""
+    calls, real = [], loop.run_day
+
+    def run_day(state, out):
+        calls.append(state.day)
+        if len(calls) > days:
+            raise Crash("killed")
+        real(state, out)
+    monkeypatch.setattr(loop, "run_day", run_day)
+    return calls
+
+
+def test_resume_continues_after_a_crash(finished, tmp_path, monkeypatch, capsys):
+    config, done, _ = finished
+    out = tmp_path / "run"
+    calls = crash_after(monkeypatch, days=3)  # run 1: 2 days, run 2: 1 day, then killed
+    with pytest.raises(Crash):
+        run_cli("run", config, "--out", out, "--no-progress")
+    assert not (out / "metrics.parquet").exists()
+    monkeypatch.undo()
+    calls = crash_after(monkeypatch, days=100)
+    monkeypatch.setattr("recsys_onpolicy.report.report_run_dir",
+                        lambda d: Path(d) / "report.html")  # rendering is tested above
+    assert run_cli("run", config, "--out", out, "--resume", "--no-progress") == 0
+    assert len(calls) == 4 * 2 - 3  # only the missing days ran
+    resumed = read_metrics(out / "metrics.parquet")
+    keys = ["experiment", "regime", "seed", "step", "metric", "group"]
+    assert_frame_equal(resumed.sort(keys), read_metrics(done / "metrics.parquet").sort(keys))
+
+
+def test_overwrite_replaces_the_folder(tmp_path, monkeypatch):
+    config = write_config(tmp_path, dict(TINY, seeds=2))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("from an earlier run")
+    crash_after(monkeypatch, days=0)
+    with pytest.raises(Crash):
+        run_cli("run", config, "--out", out, "--overwrite", "--seeds", "3", "--no-progress")
+    assert not (out / "old.txt").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["seeds"] == 3  # --seeds wins
+
+
+def test_default_out_is_runs_slash_experiment(tmp_path, monkeypatch):
+    config = write_config(tmp_path / "cfg")
+    monkeypatch.chdir(tmp_path)
+    crash_after(monkeypatch, days=0)
+    with pytest.raises(Crash):
+        run_cli("run", config, "--no-progress")
+    assert (tmp_path / "runs" / "tiny" / "config.yaml").is_file()
+
+
+# ---- sweep ----------------------------------------------------------------------------------
+
+
+def test_sweep_with_a_storage_url(tmp_path, capsys):
+    config = write_config(tmp_path, dict(TINY, control=False, sweep=SWEEP))
+    out, db = tmp_path / "sweep", tmp_path / "shared" / "studies.db"
+    db.parent.mkdir()
+    assert run_cli("sweep", config, "--out", out, "--storage", f"sqlite:///{db}",
+                   "--no-progress") == 0
+    assert db.is_file() and not (out / "sweep.db").exists()
+    frame = read_metrics(out / "metrics.parquet")
+    assert frame.filter(pl.col("metric") == "sweep/lr").height == 1
+    assert set(frame["regime"]) == {"supervised_daily"}
+    assert (out / "trials" / "supervised_daily" / "trial=0" / "metrics.parquet").is_file()
+    assert "report:" in capsys.readouterr().out
+    assert_real_images(pngs(out / "report.html"), at_least=1)
+
+
+def test_sweep_needs_a_sweep_section(tmp_path, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "out"
+    assert run_cli("sweep", config, "--out", out) == 2
+    assert "no 'sweep' section" in capsys.readouterr().err
+    assert not out.exists()
