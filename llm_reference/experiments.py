@@ -68,7 +68,18 @@ def run_mixture_toy_experiment(data: dict, out: Path, progress: bool = True) -> 
     first = frame.filter(pl.col("seed") == cfg.seed)
     plot_mixture_densities(first, cfg, out / "densities.png")
     (out / "gain_drop.txt").write_text(format_gain_drop_table(gain_drop_table(frame)) + "\n")
-    return frame
+    return init_in_regime(frame)
+
+
+def init_in_regime(frame: pl.DataFrame) -> pl.DataFrame:
+    """The toy's runs as the project report reads runs: the initial policy (the toy's ``group``,
+    bimodal / unimodal) becomes part of the regime (``bimodal/forward_kl_lr0.15_oldf0.005``) and
+    ``group`` is null, so the Gain/Drop table and the curves get one line per run."""
+    return frame.with_columns(
+        regime=pl.when(pl.col("group").is_null()).then(pl.col("regime"))
+        .otherwise(pl.col("group") + "/" + pl.col("regime")),
+        group=pl.lit(None, dtype=pl.Utf8),
+    )
 
 
 def run_tiny_lm_experiment(data: dict, out: Path, progress: bool = True) -> pl.DataFrame:
