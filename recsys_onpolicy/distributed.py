@@ -1,4 +1,4 @@
-"""Process-group setup and the DistributedModelParallel wrap that gives tables fused optimizers.
+"""Process groups, the DistributedModelParallel wrap, and the few collectives a run needs.
 
 Why DMP even on one CPU: an unsharded torchrec ``EmbeddingBagCollection`` builds a dense
 gradient for every whole table on each step (about 10x slower here); sharding it with DMP puts
@@ -10,22 +10,50 @@ materialises a table-sized gradient.
   ``torchrun``); else start one from torchrun's environment variables if present; else a
   single-process group (gloo on CPU, gloo+nccl on CUDA) on a TCP store bound to a free port
   (port 0: the OS picks it, so parallel test processes never collide).
-- :func:`shard_tables`: table-wise plan (table i on rank i mod world size), fused kernel,
-  fused optimizer settings from the config; dense parameters are wrapped in DDP only when the
-  world size is above 1.
+- :func:`shard_tables`: DMP with a given plan (:mod:`recsys_onpolicy.sharding`), fused kernel,
+  fused optimizer settings from the config; with more than one rank the dense parameters are
+  wrapped in DDP.
+- :func:`gather_rows`: the rows every rank scored, in order, on every rank; its backward keeps
+  this rank's rows only (times the world size, see below).
+- :func:`gather_state`: whole tables from their shards, on every rank (checkpoints, probes).
+- :func:`from_main`: run something on rank 0 only (reading a file) and broadcast the result.
+
+How a run uses several processes (the daily loop is unchanged; see :mod:`recsys_onpolicy.loop`):
+every rank holds the same world and the same generators and runs the same code, so every
+random draw, every served slate and every state update is the same on every rank. Only the
+model's work is split: a batch of B requests is cut into ``ceil(B / world)`` contiguous rows
+per rank, each rank scores its rows through the sharded model, and :func:`gather_rows` gives
+every rank all B rows. The loss computed from them is then the same on every rank, so the
+gradient of each rank's rows is the one-process gradient of those rows. torchrec and DDP
+*average* the ranks' gradients (torchrec's all-to-all backward divides table gradients by the
+world size, DDP divides dense ones), so :func:`gather_rows` passes back world x the rows'
+gradient: the average of that is the sum over ranks, the one-process gradient of the whole
+batch. The training step is then the one-process step up to the order of float additions
+(world x g / world is exact for a power-of-two world size).
+
+Why the world is replicated rather than split by users: (1) every random draw is the one a
+single process makes, so a run's results do not depend on the number of processes (up to float
+rounding: tested), and a checkpoint of N processes resumes in M; (2) the model is the cost: at
+10^5 users on CPU, scoring the C = 100 candidates of the served requests took 17.8 s of an
+18.7 s simulated day and training 1.8 s, the simulator itself about 0.9 s; (3) the simulator
+stays as it is. The price: the simulator's work and the world's memory are not divided among
+the ranks (each holds the whole world), and neither is the frozen pi_0 used for KL terms.
 """
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
-from torchrec.distributed import DistributedModelParallel
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed import DistributedModelParallel, comm_ops
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
-from torchrec.distributed.types import ShardingEnv, ShardingPlan
+from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingEnv, ShardingPlan
 
 FUSED_OPTIMIZERS = {
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
@@ -34,12 +62,21 @@ FUSED_OPTIMIZERS = {
 }
 
 
+# ---- process group -------------------------------------------------------------------------
+
+def under_torchrun() -> bool:
+    """True in a process started by torchrun (its rendezvous variables are set)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
 def ensure_process_group(device: torch.device) -> dist.ProcessGroup:
     """The default process group, created if there is none (see the module docstring)."""
     if dist.is_initialized():
         return dist.group.WORLD
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+    if under_torchrun():
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, init_method="env://")
     else:
         store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True, wait_for_workers=False)
@@ -54,6 +91,41 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def world_size() -> int:
+    """Processes in the default group (1 without one)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank in the default group (0 without one)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on the process that writes files (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def from_main(make: Callable[[], Any]) -> Any:
+    """``make()`` run on rank 0 only (e.g. reading a file), its result broadcast to every rank;
+    an exception raised on rank 0 is raised on every rank. Without several ranks: ``make()``."""
+    if world_size() == 1:
+        return make()
+    box: list[Any] = [None]
+    if is_main():
+        try:
+            box[0] = ("ok", make())
+        except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+            box[0] = ("error", err)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
+
+
+# ---- the model wrap ------------------------------------------------------------------------
+
 def fused_params(optimizer: str, lr: float, eps: float) -> dict:
     """fbgemm TBE optimizer settings (no weight decay: the CPU kernels ignore it)."""
     if optimizer not in FUSED_OPTIMIZERS:
@@ -64,28 +136,108 @@ def fused_params(optimizer: str, lr: float, eps: float) -> dict:
 def shard_tables(
     module: nn.Module,
     ebc_name: str,
-    tables: list[str],
-    params: dict,
+    plan: EmbeddingModuleShardingPlan,
+    sharder: EmbeddingBagCollectionSharder,
     device: torch.device,
     pg: dist.ProcessGroup,
 ) -> DistributedModelParallel:
     """Wrap ``module`` in DMP; its submodule ``ebc_name`` (an EmbeddingBagCollection on 'meta')
-    becomes a sharded collection with fused TBE tables trained by ``params``' optimizer."""
+    becomes a sharded collection placed by ``plan`` with fused TBE tables trained by
+    ``sharder``'s fused optimizer; dense parameters get DDP with more than one rank."""
     world = dist.get_world_size(pg)
-    sharder = EmbeddingBagCollectionSharder(fused_params=dict(params))
-    plan = construct_module_sharding_plan(
-        getattr(module, ebc_name),
-        {t: table_wise(rank=i % world, compute_kernel="fused") for i, t in enumerate(tables)},
-        sharder=sharder,
-        local_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
-        world_size=world,
-        device_type=device.type,
-    )
-    return DistributedModelParallel(
-        module,
-        env=ShardingEnv.from_process_group(pg),
-        device=device,
-        plan=ShardingPlan({ebc_name: plan}),
-        sharders=[sharder],
-        init_data_parallel=world > 1,  # DDP for dense grads only when there is more than one rank
-    )
+    if world > 1 and not comm_ops.get_gradient_division():
+        raise RuntimeError("torchrec's gradient division is off (comm_ops.set_gradient_division"
+                           "(False)); gather_rows assumes table gradients averaged over ranks, "
+                           "like DDP's: turn it back on")
+    with warnings.catch_warnings():  # torchrec's own DDP call uses a deprecated argument
+        warnings.filterwarnings("ignore", ".*broadcast_buffers", FutureWarning)
+        return DistributedModelParallel(
+            module,
+            env=ShardingEnv.from_process_group(pg),
+            device=device,
+            plan=ShardingPlan({ebc_name: plan}),
+            sharders=[sharder],
+            init_data_parallel=world > 1,  # DDP for dense grads only with more than one rank
+        )
+
+
+# ---- collectives on tensors ----------------------------------------------------------------
+
+def local_rows(n: int, world: int, rank_: int, device: torch.device) -> torch.Tensor:
+    """Row indices (per,) this rank scores out of ``n``: the contiguous block
+    ``[rank * per, (rank + 1) * per)`` with ``per = ceil(n / world)``; positions past ``n``
+    repeat row 0 (padding, so every rank runs the same batch size; their gradient is zero)."""
+    per = -(-n // world)
+    idx = torch.arange(rank_ * per, (rank_ + 1) * per, device=device)
+    return torch.where(idx < n, idx, torch.zeros_like(idx))
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' row blocks concatenated (and cut to n rows); backward keeps this rank's,
+    times the world size (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, n: int, pg: dist.ProcessGroup) -> torch.Tensor:
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size(pg))]
+        dist.all_gather(parts, local.contiguous(), group=pg)
+        ctx.block = (dist.get_rank(pg) * local.shape[0], local.shape[0], n, len(parts))
+        return torch.cat(parts)[:n]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        lo, per, n, world = ctx.block
+        out = grad.new_zeros((per,) + tuple(grad.shape[1:]))
+        hi = min(lo + per, n)
+        if hi > lo:
+            out[: hi - lo] = grad[lo:hi] * world
+        return out, None, None
+
+
+def gather_rows(local: torch.Tensor, n: int, pg: dist.ProcessGroup) -> torch.Tensor:
+    """(n, ...) on every rank from each rank's (per, ...) block (see :func:`local_rows`).
+
+    Backward: the gradient of the gathered rows is the same on every rank (every rank computes
+    the same loss from them), so each rank passes back only its own rows, times the world size
+    (torchrec and DDP then average over ranks)."""
+    return _GatherRows.apply(local, n, pg)
+
+
+def gather_state(local: dict, device: torch.device, pg: dist.ProcessGroup) -> dict:
+    """Whole tensors, on every rank, of a state dict whose sharded entries each rank holds
+    parts of (maybe none: torchrec's fused optimizer lists only the tables a rank owns).
+
+    Plain tensors are replicated and copied as they are; for a ShardedTensor every rank writes
+    its shards into zeros of the whole size and the ranks sum (shards do not overlap, so this
+    is exact). Keys may be any picklable values; the result is ordered by key.
+    """
+    shapes = {k: (tuple(v.size()), v.metadata().tensor_properties.dtype)
+              for k, v in local.items() if isinstance(v, ShardedTensor)}
+    everyone: list[dict] = [{} for _ in range(dist.get_world_size(pg))]
+    dist.all_gather_object(everyone, shapes, group=pg)
+    sharded = {k: v for d in everyone for k, v in d.items()}
+    out = {}
+    for key in sorted(set(local) | set(sharded), key=repr):  # the same order on every rank
+        if key not in sharded:
+            out[key] = local[key].detach().clone()
+            continue
+        size, dtype = sharded[key]
+        whole = torch.zeros(size, dtype=dtype, device=device)
+        for live, where in local_regions(local[key]) if key in local else []:
+            whole[where] = live
+        dist.all_reduce(whole, group=pg)
+        out[key] = whole
+    return out
+
+
+def region(offsets: list[int], sizes: list[int]) -> tuple[slice, ...]:
+    """The slices of a shard inside its whole tensor."""
+    return tuple(slice(o, o + s) for o, s in zip(offsets, sizes))
+
+
+def local_regions(t: torch.Tensor) -> list[tuple[torch.Tensor, tuple[slice, ...]]]:
+    """``[(live tensor, its slices in the whole tensor)]`` that this rank holds of an entry
+    (all of a plain tensor; the local shards of a ShardedTensor, maybe none)."""
+    if not isinstance(t, ShardedTensor):
+        return [(t, tuple(slice(None) for _ in t.shape))]
+    return [(s.tensor, region(s.metadata.shard_offsets, s.metadata.shard_sizes))
+            for s in t.local_shards()]

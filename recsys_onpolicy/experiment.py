@@ -165,9 +165,12 @@ def _run_task(task: RunTask, experiment: str, probes: dict, cache_dir: str, thre
 
 def run_recsys_experiment(exp: RecsysExperiment, run_dir: Path, progress: bool = True,
                           jobs: int | None = None) -> pl.DataFrame:
-    """Run (or resume) every run of the experiment; returns all metrics with forgetting rows."""
+    """Run (or resume) every run of the experiment; returns all metrics with forgetting rows.
+    Under torchrun (several ranks) the runs go one after another, each over all ranks."""
     tasks = expand(exp, run_dir)
     jobs = min(jobs or exp.jobs or os.cpu_count() or 1, len(tasks))
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        jobs = 1  # every rank takes part in every run: no worker processes
     threads = max(1, (os.cpu_count() or 1) // jobs)
     cache = str(run_dir / "cache")
     probes = exp.probes.model_dump(mode="json")

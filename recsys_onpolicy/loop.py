@@ -28,6 +28,13 @@ Metrics: the loop itself writes ``train/loss`` and ``train/reward`` (means over 
 updates / training slates); ``probe_fn(step, state) -> rows`` adds the rest. The default,
 :func:`expected_clicks_probe`, writes ``target/expected_clicks`` for the ``train`` and
 ``heldout`` groups.
+
+Several processes (``torchrun``, ``recsys-onpolicy run --nproc N``): every rank runs this same
+loop on the same world with the same generators; the model's work is split among the ranks
+inside :class:`~recsys_onpolicy.model.TrainableScorer` (see :mod:`recsys_onpolicy.distributed`),
+so every rank serves, simulates, trains and probes identically. Rank 0 alone touches files: it
+writes the run folder (the same files as one process; checkpoints hold whole tables) and reads
+pi_0 and checkpoints back, broadcasting them to the other ranks, which write nothing.
 """
 from __future__ import annotations
 
@@ -41,9 +48,23 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
+from recsys_onpolicy.distributed import (
+    ensure_process_group,
+    from_main,
+    is_main,
+    under_torchrun,
+    world_size,
+)
 from recsys_onpolicy.model import ModelConfig, Scorer, TrainableScorer, build_scorer
+from recsys_onpolicy.model import resolve_device as model_device
 from recsys_onpolicy.regimes import TrainContext, TrainStats, train_on
-from recsys_onpolicy.regimes.base_policy import BasePolicy, base_policy, new_scorer, table_ids
+from recsys_onpolicy.regimes.base_policy import (
+    BasePolicy,
+    base_key,
+    base_policy,
+    new_scorer,
+    table_ids,
+)
 from recsys_onpolicy.regimes.config import RegimeConfig
 from recsys_onpolicy.results import metric_rows, to_frame, write_metrics
 from recsys_onpolicy.run_config import RecsysRunConfig
@@ -244,10 +265,14 @@ def checkpoint_dict(state: RunState) -> dict:
 
 
 def save_checkpoint(state: RunState, out: Path) -> None:
-    """Write ``checkpoint.pt`` atomically (and a per-day copy with ``keep_daily``)."""
+    """Write ``checkpoint.pt`` atomically (and a per-day copy with ``keep_daily``); with several
+    ranks every rank must call it (the tables are gathered) and rank 0 writes."""
     if not state.config.checkpoint.enabled:
         return
-    path = save_atomic(checkpoint_dict(state), out / "checkpoint.pt")
+    payload = checkpoint_dict(state)
+    if not is_main():
+        return
+    path = save_atomic(payload, out / "checkpoint.pt")
     if state.config.checkpoint.keep_daily:
         daily = out / "checkpoints" / f"day={state.day:04d}.pt"
         daily.parent.mkdir(parents=True, exist_ok=True)
@@ -296,11 +321,40 @@ def run_day(state: RunState, out: Path) -> None:
 
     log = simulate_day(state.world, serve, state.gens["world"], cfg.serve_batch_size,
                        on_batch if streaming else None)
-    if cfg.write_logs and len(log):
+    if cfg.write_logs and len(log) and is_main():
         write_day(day_log_to_frame(log), out / "logs")
     if not streaming:
         train_on(ctx, training_requests(log, removed))
     state.log, state.stats, state.day = log, ctx.stats.means(), day + 1
+
+
+def shared_base_policy(config: RecsysRunConfig, cache_dir: str | Path | None) -> BasePolicy:
+    """:func:`~recsys_onpolicy.regimes.base_policy.base_policy`; with several ranks its cache
+    file is read and written by rank 0 only (the warm-up itself runs on every rank)."""
+    if world_size() == 1 or cache_dir is None:
+        return base_policy(config, cache_dir)
+    path = Path(cache_dir) / f"pi0-{base_key(config)}.pt"  # base_policy's cache file
+    saved = from_main(lambda: load_state(path) if path.is_file() else None)
+    if saved is not None:
+        return BasePolicy(**saved)
+    base = base_policy(config, None)
+    if is_main():
+        save_atomic(base.to_dict(), path)
+    return base
+
+
+def load_base(config: RecsysRunConfig, cache_dir: str | Path | None,
+              own_copy: Path | None) -> BasePolicy:
+    """pi_0 for a run: the run's own copy when it has one (a resume), else
+    :func:`shared_base_policy`, then saved as the run's own copy (``own_copy``, if given)."""
+    if own_copy is not None:
+        saved = from_main(lambda: load_state(own_copy) if own_copy.is_file() else None)
+        if saved is not None:
+            return BasePolicy(**saved)
+    base = shared_base_policy(config, cache_dir)
+    if own_copy is not None and is_main():
+        save_atomic(base.to_dict(), own_copy)
+    return base
 
 
 def run(
@@ -330,34 +384,37 @@ def run(
             right after that day's checkpoint); None = run all ``config.days``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if under_torchrun():  # join the ranks before anything asks which rank this is
+        ensure_process_group(model_device(config.model.device))
+    main = is_main()  # with several ranks only rank 0 touches files (module docstring)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     probe = probe_fn or expected_clicks_probe
     name = regime_name or config.regime.name
     # pi_0 for a resume: from the shared cache, or from the run's own copy when there is none.
     own_copy = out / "base_policy.pt" if cache_dir is None and config.checkpoint.enabled else None
-    if own_copy is not None and own_copy.is_file():
-        base = BasePolicy(**load_state(own_copy))
-    else:
-        base = base_policy(config, cache_dir)
-        if own_copy is not None:
-            save_atomic(base.to_dict(), own_copy)
+    base = load_base(config, cache_dir, own_copy)
     state = build_state(config, base, experiment, name)
     ckpt = out / "checkpoint.pt"
-    if config.checkpoint.enabled and ckpt.is_file():
-        restore_checkpoint(state, load_state(ckpt))
+    saved = from_main(lambda: load_state(ckpt) if config.checkpoint.enabled and ckpt.is_file()
+                      else None)
+    if saved is not None:
+        restore_checkpoint(state, saved)
     else:
         state.rows = probe(0, state)
         save_checkpoint(state, out)
-        write_metrics(to_frame(state.rows), out / "metrics.parquet")
+        if main:
+            write_metrics(to_frame(state.rows), out / "metrics.parquet")
     last = config.days if stop_after is None else min(config.days, stop_after)
     bar = tqdm(total=config.days, initial=state.day, desc=f"{name} seed {config.seed}",
-               unit="day", disable=not progress, leave=False)
+               unit="day", disable=not (progress and main), leave=False)
     while state.day < last:
         run_day(state, out)
         step = state.day
         train = {"train/loss": state.stats["loss"], "train/reward": state.stats["reward"]}
         state.rows += state.rows_for(step, train) + probe(step, state)
-        write_metrics(to_frame(state.rows), out / "metrics.parquet")
+        if main:
+            write_metrics(to_frame(state.rows), out / "metrics.parquet")
         save_checkpoint(state, out)
         bar.update(1)
         bar.set_postfix(reward=f"{state.stats['reward']:.3f}", loss=f"{state.stats['loss']:.3f}")

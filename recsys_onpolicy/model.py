@@ -45,14 +45,20 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.modules.embedding_configs import PoolingType
 
 from recsys_onpolicy.distributed import (
     ensure_process_group,
     fused_params,
+    gather_rows,
+    gather_state,
     local_device,
+    local_regions,
+    local_rows,
     shard_tables,
 )
+from recsys_onpolicy.sharding import ShardingConfig, plan_tables
 from simulators.typed_config import StrictModel
 
 SparseOptimizer = Literal["rowwise_adagrad", "adagrad", "sgd"]
@@ -102,6 +108,9 @@ class ModelConfig(StrictModel):
     fbgemm 1.8's CPU TBE kernels ignore it (measured), so CPU and CUDA runs would differ."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' = CUDA when available, else CPU."""
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+    """How the tables are split across processes (``--nproc`` / torchrun) and the memory each
+    process may give them (:mod:`recsys_onpolicy.sharding`)."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -315,12 +324,15 @@ def init_weights(
     Tables (``user``, ``item``, ``topic``) ~ N(0, std^2); every dense weight and bias ~
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's nn.Linear range), by parameter name. A table
     absent from ``tables`` (held by another rank) is still drawn, to keep the stream aligned.
+    A table's value may also be a list of ``(live shard, its slices in the table)`` (the shards
+    this rank holds under column- or row-wise sharding).
     """
     d = next(iter(dense.values())).device
     for t in TABLES:
         w = torch.randn(table_shapes[t], generator=gen) * std  # (rows, D)
-        if t in tables:
-            tables[t].copy_(w.to(tables[t].device))
+        held = tables.get(t, [])
+        for live, where in [(held, ...)] if isinstance(held, torch.Tensor) else held:
+            live.copy_(w[where].to(live.device))
     for name in sorted(dense):
         weight = dense[name.rsplit(".", 1)[0] + ".weight"]  # (out, in)
         bound = 1.0 / math.sqrt(weight.shape[1])
@@ -392,6 +404,15 @@ class TrainableScorer:
 
     The table rows a batch touches are updated *during* ``loss.backward()`` (inside ``step``);
     dense parameters by Adam right after. Tables never get a ``.grad``.
+
+    Several processes (a process group of world size > 1, e.g. under ``torchrun``): the tables
+    are placed by torchrec's planner (:func:`recsys_onpolicy.sharding.plan_tables`,
+    ``cfg.sharding``), the dense head is replicated (DDP). Every rank must then make the same
+    calls with the same inputs (they are collectives): :meth:`score` splits the batch's rows
+    among the ranks and gives every rank all rows back (:func:`recsys_onpolicy.distributed.
+    gather_rows`), so a training step equals the one-process step up to float rounding.
+    :meth:`state_dict`, :meth:`sparse_tables` and :meth:`sparse_optimizer_state` return whole
+    tables (gathered copies), so checkpoints have the one-process layout.
     """
 
     def __init__(
@@ -400,18 +421,22 @@ class TrainableScorer:
         self.cfg = cfg
         self.device = local_device(resolve_device(cfg.device))
         self.n_ids = {"user": n_users, "item": n_items, "topic": n_topics}
-        pg = ensure_process_group(self.device)
-        self.world_size = torch.distributed.get_world_size(pg)
+        self.pg = ensure_process_group(self.device)
+        self.world_size = torch.distributed.get_world_size(self.pg)
+        self.rank = torch.distributed.get_rank(self.pg)
         self.scorer = Scorer(cfg, n_users, n_items, n_topics, self.device)
-        params = fused_params(cfg.sparse_optimizer, cfg.sparse_lr, cfg.sparse_eps)
+        sharder = EmbeddingBagCollectionSharder(
+            fused_params=fused_params(cfg.sparse_optimizer, cfg.sparse_lr, cfg.sparse_eps))
         # fbgemm fills new tables from the global RNG; fork it so that building a model leaves
         # global random state untouched (our own init below uses ``gen``).
         cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
-            self.dmp = shard_tables(self.scorer, "ebc", list(TABLES), params, self.device, pg)
+            self.plan = plan_tables(self.scorer.ebc, sharder, cfg.sharding, cfg.sparse_optimizer,
+                                    self.device, self.pg)
+            self.dmp = shard_tables(self.scorer, "ebc", self.plan, sharder, self.device, self.pg)
         dense = self.dense_parameters()
-        init_weights(self.sparse_tables(), dense, gen, cfg.embedding_init_std,
-                     self.scorer.table_shapes())
+        tables = self.sparse_tables() if self.world_size == 1 else self.table_shards()
+        init_weights(tables, dense, gen, cfg.embedding_init_std, self.scorer.table_shapes())
         self.dense_optimizer = torch.optim.Adam(
             [dense[n] for n in sorted(dense)], lr=cfg.dense_lr,
             weight_decay=cfg.dense_weight_decay,
@@ -427,10 +452,19 @@ class TrainableScorer:
     ) -> torch.Tensor:
         """Click logits (B, C) for candidates (B, C) of requests by users (B,) with history
         (B, H) (-1 = padding). Inputs may live on any device; the output is on ``self.device``.
-        Call under ``torch.no_grad()`` when serving."""
+        Call under ``torch.no_grad()`` when serving. With several ranks each scores its block
+        of rows and all get all rows (a collective: every rank passes the same batch)."""
         dev = self.device
-        return self.dmp(users.to(dev), history.to(dev), candidates.to(dev),
-                        candidate_topics.to(dev))
+        if self.world_size == 1:
+            return self.dmp(users.to(dev), history.to(dev), candidates.to(dev),
+                            candidate_topics.to(dev))
+        n = candidates.shape[0]
+        if n == 0:
+            return torch.zeros(candidates.shape, device=dev)
+        rows = local_rows(n, self.world_size, self.rank, users.device)  # (ceil(n / world),)
+        local = self.dmp(users[rows].to(dev), history[rows].to(dev), candidates[rows].to(dev),
+                         candidate_topics[rows].to(dev))  # (per, C)
+        return gather_rows(local, n, self.pg)  # (n, C)
 
     def score_requests(self, batch) -> torch.Tensor:
         """:meth:`score` on anything with ``users, history, candidates, candidate_topics``
@@ -458,16 +492,38 @@ class TrainableScorer:
 
     def sparse_tables(self) -> dict[str, torch.Tensor]:
         """Live (rows, D) weights of the tables this rank holds, by table name; in-place views
-        into the fused kernel's storage: clone before keeping a snapshot."""
+        into the fused kernel's storage: clone before keeping a snapshot. With several ranks:
+        every whole table, gathered (copies; a collective)."""
         sd = _quiet(self.dmp.state_dict)
+        if self.world_size > 1:
+            return self._gather({t: sd[f"ebc.embedding_bags.{t}.weight"] for t in TABLES})
         out = {t: _local(sd[f"ebc.embedding_bags.{t}.weight"]) for t in TABLES}
         return {t: w for t, w in out.items() if w is not None}
+
+    def table_shards(self) -> dict[str, list[tuple[torch.Tensor, tuple[slice, ...]]]]:
+        """This rank's live table shards: ``{table: [(shard, its slices in the table)]}``."""
+        sd = _quiet(self.dmp.state_dict)
+        return {t: local_regions(sd[f"ebc.embedding_bags.{t}.weight"]) for t in TABLES}
+
+    def _gather(self, local: dict) -> dict:
+        """Whole tensors of (possibly sharded) entries on every rank (a collective)."""
+        with warnings.catch_warnings():  # "ShardedTensor is deprecated"
+            warnings.simplefilter("ignore", FutureWarning)
+            return gather_state(local, self.device, self.pg)
 
     def sparse_optimizer_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Live fused-optimizer state by parameter name, e.g.
         ``{'ebc.embedding_bags.item.weight': {'item.momentum1': (rows,)}}`` for row-wise
-        Adagrad (one accumulator per row); empty dicts for SGD."""
+        Adagrad (one accumulator per row); empty dicts for SGD. With several ranks: whole
+        tensors, gathered (copies; column-wise shards of row-wise Adagrad keep one accumulator
+        per row per shard, so ``momentum1`` then has rows x shards entries)."""
         state = _quiet(self.dmp.fused_optimizer.state_dict)["state"]
+        if self.world_size > 1:
+            flat = self._gather({(p, n): v for p, e in state.items() for n, v in e.items()})
+            out = {f"ebc.embedding_bags.{t}.weight": {} for t in TABLES}
+            for (param, name), v in flat.items():
+                out[param][name] = v
+            return out
         out = {}
         for param, entries in state.items():
             local = {n: _local(v) for n, v in entries.items()}
@@ -478,7 +534,12 @@ class TrainableScorer:
     def state_dict(self) -> dict:
         """Full training state as plain tensors / containers (``torch.load(weights_only=True)``
         can read it): ``model`` (tables and head), ``sparse_optimizer`` (fused state),
-        ``dense_optimizer`` (Adam). Tensors are live references: save or clone them."""
+        ``dense_optimizer`` (Adam). Tensors are live references: save or clone them. With
+        several ranks the tables are whole (gathered copies), as with one process."""
+        if self.world_size > 1:
+            return {"model": self._gather(_quiet(self.dmp.state_dict)),
+                    "sparse_optimizer": self.sparse_optimizer_state(),
+                    "dense_optimizer": self.dense_optimizer.state_dict()}
         model = {k: _local(v) for k, v in _quiet(self.dmp.state_dict).items()}
         return {
             "model": {k: v.detach() for k, v in model.items() if v is not None},
@@ -492,6 +553,10 @@ class TrainableScorer:
         missing = {"model", "sparse_optimizer", "dense_optimizer"} - set(state)
         if missing:
             raise ValueError(f"state is missing {sorted(missing)}; pass TrainableScorer.state_dict()")
+        if self.world_size > 1:
+            self._load_shards(state)
+            self.dense_optimizer.load_state_dict(_clone_tree(state["dense_optimizer"]))
+            return
         _copy_into(self.state_dict()["model"], state["model"], "model")
         live = self.sparse_optimizer_state()
         for param, entries in live.items():
@@ -505,13 +570,45 @@ class TrainableScorer:
 
     def frozen_copy(self) -> Scorer:
         """A plain, no-grad :class:`Scorer` with the current weights (the reference policy
-        pi_0 for KL terms); later training does not change it."""
-        if self.world_size != 1:
-            raise NotImplementedError("frozen_copy needs world size 1 (tables are split across ranks)")
+        pi_0 for KL terms); later training does not change it. With several ranks every rank
+        gets the whole model (a collective)."""
         n = self.n_ids
         frozen = _plain_scorer(self.cfg, n["user"], n["item"], n["topic"], self.device)
         frozen.load_state_dict({k: v.clone() for k, v in self.state_dict()["model"].items()})
         return frozen.requires_grad_(False).eval()
+
+    def _load_shards(self, state: dict) -> None:
+        """Copy whole saved tensors into this rank's shards (several ranks)."""
+        everything = {f"ebc.embedding_bags.{t}.weight" for t in TABLES}
+        extra = set(state["sparse_optimizer"]) - everything
+        if extra:
+            raise ValueError(f"sparse_optimizer has unknown parameters {sorted(extra)}")
+        with warnings.catch_warnings():  # "ShardedTensor is deprecated"
+            warnings.simplefilter("ignore", FutureWarning)
+            _copy_regions(self.dmp.state_dict(), state["model"], "model")
+            held = self.dmp.fused_optimizer.state_dict()["state"]
+            for param, entries in held.items():
+                _copy_regions(entries, state["sparse_optimizer"].get(param, {}),
+                              f"sparse_optimizer.{param}")
+
+
+def _copy_regions(live: dict, saved: dict[str, torch.Tensor], where: str) -> None:
+    """Copy whole saved tensors into the live (possibly sharded) entries this rank holds."""
+    if set(live) != set(saved):
+        raise ValueError(
+            f"{where}: saved keys differ from the model's: missing {sorted(set(live) - set(saved))},"
+            f" unexpected {sorted(set(saved) - set(live))} (was the checkpoint made with "
+            "another ModelConfig or world?)"
+        )
+    for k, v in live.items():
+        if tuple(saved[k].shape) != tuple(v.size()):
+            raise ValueError(
+                f"{where}.{k}: saved shape {tuple(saved[k].shape)} != model shape "
+                f"{tuple(v.size())} (another ModelConfig, or column-wise row-wise-Adagrad state "
+                "saved under another sharding plan?)"
+            )
+        for shard, region in local_regions(v):
+            shard.copy_(saved[k][region].to(shard.device))
 
 
 def _clone_tree(tree):

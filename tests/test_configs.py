@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -163,8 +164,9 @@ def test_quickstart_is_the_readme_main_job():
 def test_make_demo_sets_up_then_runs_the_quickstart():
     """`make demo` on a fresh clone: setup (a no-op when the venv is current), then the CLI on
     the quickstart into runs/demo (ignored by git, replaced on every demo)."""
-    dry = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "demo"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
     assert dry[0] == "bash scripts/setup.sh"
     assert dry[-1].endswith(
         "/python -m recsys_onpolicy.cli run configs/quickstart.yaml --out runs/demo --overwrite")

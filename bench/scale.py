@@ -1,0 +1,286 @@
+"""Scale benchmarks of the daily loop: one JSON line per figure.
+
+Every figure is one run of :func:`recsys_onpolicy.loop.run` (warm-up, then serve -> simulate ->
+log -> train -> probe -> checkpoint each day, Parquet logs and checkpoints written to a
+temporary folder, deleted afterwards) in its own child process, so that its peak resident
+memory (``ru_maxrss``: ``peak_rss_gib``) is its own; under torchrun (``--nproc``) every rank's
+peak is listed and summed (``peak_rss_gib_per_rank``, ``peak_rss_gib_total``). World: the
+default latent world (``simulators.presets.default_latent``: 8 cohorts, 3 modes, D = 16,
+C = 100 candidates, K = 10, H = 20, position-based clicks, drift, about half the users active a
+day) with the given users and items; model: ``ModelConfig`` defaults (D = 32, fused row-wise
+Adagrad, Adam head), one warm-up day.
+
+Figures (``case``):
+
+- ``full``: 1M users x 100k items x 30 days of ``supervised_daily`` and of ``grpo`` on the CPU
+  (target on the 2-core machine: under 30 minutes and 16 GiB each).
+- ``gpu``: the same at 10M users on one CUDA GPU, or a line with ``skipped`` and the reason.
+- ``scaling``: wall time per simulated day of ``supervised_daily`` versus users
+  (10^4 .. 10^6, 100k items), and the fitted log-log slope ``day_time_exponent`` (1 = linear)
+  with its R^2, and ``day_time_exponent_top``, the slope between the two largest sizes (fixed
+  per-day costs flatten the small end).
+
+``--nproc N`` runs each figure under torchrun with N processes (tables sharded, the model's
+work split: :mod:`recsys_onpolicy.distributed`); the record is rank 0's.
+
+Fields: ``wall_s`` (whole run incl. warm-up), ``warmup_s`` (build + warm-up + day-0 probe),
+``day_s`` (wall time per experiment day: median over days), ``requests_per_s`` and
+``impressions_per_s`` (served requests / impressions of the experiment days over their wall
+time), ``peak_rss_gib``, the settings, and ``load_avg_1m`` before and after (the machine is
+shared: numbers are only comparable at similar load).
+
+    python bench/scale.py                  # everything (hours on 2 cores)
+    python bench/scale.py --quick          # the same figures, smaller: under 10 minutes
+    python bench/scale.py --case full --regimes supervised_daily --days 1   # one full-size day
+
+Process settings (recorded in every line): children run with ``OMP_WAIT_POLICY=PASSIVE``
+unless the environment sets a policy (spinning OpenMP threads on a shared CPU slow everything
+down) and with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (a day allocates gigabytes of fresh
+tensors; first-touch page faults showed up as a large share of system time).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GIB = 1024**3
+HUGETLB = "glibc.malloc.hugetlb=1"  # large allocations on huge pages (as bench/simulator.py)
+FULL = {"users": 1_000_000, "items": 100_000, "days": 30}
+GPU_USERS = 10_000_000
+SCALING_USERS = [10_000, 30_000, 100_000, 300_000, 1_000_000]
+# --quick: the same figures, smaller (about 7 minutes on the 2-core machine)
+QUICK = {"users": 30_000, "items": 100_000, "days": 2}
+QUICK_GPU_USERS = 1_000_000
+QUICK_SCALING_USERS = [10_000, 30_000, 100_000, 300_000]
+
+
+# ---- in the child: one run -----------------------------------------------------------------
+
+def run_config(spec: dict):
+    """The RecsysRunConfig of a figure (see the module docstring)."""
+    from recsys_onpolicy.run_config import RecsysRunConfig
+    from simulators.presets import default_latent
+
+    world = default_latent({"users": {"n_users": spec["users"]},
+                            "items": {"n_items": spec["items"]}, "device": spec["device"]})
+    return RecsysRunConfig(
+        world=world, model={"device": spec["device"]}, regime=spec["regime"],
+        days=spec["days"], warmup={"days": spec["warmup_days"]}, seed=0,
+        write_logs=spec["write_logs"], checkpoint={"enabled": spec["checkpoint"]})
+
+
+def measure(spec: dict) -> dict | None:
+    """Run one figure in this process; the JSON record (None on ranks other than 0 when run
+    under torchrun: every rank runs the loop, rank 0 reports)."""
+    import torch
+
+    from recsys_onpolicy import loop
+    from recsys_onpolicy.distributed import is_main
+    from simulators.config import resolve_device
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    cfg = run_config(spec)
+    stamps: list[float] = []
+    requests: list[int] = []
+
+    def timed_probe(step: int, state) -> list[dict]:
+        rows = loop.expected_clicks_probe(step, state)
+        if state.world.device.type == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        if step > 0:
+            requests.append(len(state.log))
+        return rows
+
+    out = Path(spec.get("out") or tempfile.mkdtemp(prefix="scale-", dir=spec.get("tmp")))
+    start = time.perf_counter()
+    try:
+        loop.run(cfg, out, probe_fn=timed_probe, progress=False, experiment="scale")
+    finally:
+        if is_main():
+            shutil.rmtree(out, ignore_errors=True)
+    wall = time.perf_counter() - start
+    peaks = rss_per_rank()
+    if not is_main():
+        return None
+    days = [b - a for a, b in itertools.pairwise(stamps)]  # (days,) incl. probe, checkpoint
+    day_wall = sum(days)
+    k = cfg.world.slate_size
+    return {
+        "wall_s": round(wall, 2), "warmup_s": round(stamps[0] - start, 2),
+        "day_s": round(statistics.median(days), 3), "day_s_all": [round(d, 3) for d in days],
+        "requests_per_day": round(statistics.mean(requests)),
+        "requests_per_s": round(sum(requests) / day_wall, 1),
+        "impressions_per_s": round(k * sum(requests) / day_wall, 1),
+        "peak_rss_gib": peaks[0], "peak_rss_gib_per_rank": peaks,
+        "peak_rss_gib_total": round(sum(peaks), 3),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(resolve_device(cfg.world.device)),
+    }
+
+
+def rss_per_rank() -> list[float]:
+    """Peak resident memory (GiB) of every rank (just this process without torchrun)."""
+    import torch.distributed as dist
+
+    mine = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 3)
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [mine]
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
+# ---- in the parent -------------------------------------------------------------------------
+
+def load_avg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def spawn(spec: dict, timeout: float | None) -> dict:
+    """Run ``measure(spec)`` in a child process (under torchrun with ``nproc`` > 1)."""
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if HUGETLB not in tunables:
+        env["GLIBC_TUNABLES"] = f"{tunables}:{HUGETLB}" if tunables else HUGETLB
+    record = {"bench": "scale", **spec, "omp_wait_policy": env["OMP_WAIT_POLICY"],
+              "glibc_tunables": env["GLIBC_TUNABLES"], "load_avg_1m_before": load_avg()}
+    cmd = [sys.executable, __file__, "--child"]
+    if spec.get("nproc", 1) > 1:  # torchrun: every rank runs the loop, in one shared folder
+        spec = dict(spec, out=tempfile.mkdtemp(prefix="scale-", dir=spec.get("tmp")))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(spec["nproc"]), __file__, "--child"]
+    try:
+        proc = subprocess.run([*cmd, json.dumps(spec)], env=env, capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO, check=False)
+    except subprocess.TimeoutExpired:
+        return {**record, "error": f"timed out after {timeout} s"}
+    record.update(load_avg_1m_after=load_avg())
+    if proc.returncode != 0:
+        return {**record, "error": proc.stderr.strip().splitlines()[-1:]}
+    return {**record, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def fit_exponent(users: list[float], seconds: list[float]) -> tuple[float, float]:
+    """Least-squares slope of log(seconds) on log(users), and its R^2."""
+    x = [math.log(u) for u in users]
+    y = [math.log(s) for s in seconds]
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    sxx = sum((a - mx) ** 2 for a in x)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx
+    resid = sum((b - my - slope * (a - mx)) ** 2 for a, b in zip(x, y))
+    total = sum((b - my) ** 2 for b in y)
+    return slope, 1.0 - resid / total if total > 0 else 1.0
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def base_spec(args: argparse.Namespace) -> dict:
+    return {"warmup_days": args.warmup_days, "write_logs": not args.no_logs,
+            "checkpoint": not args.no_checkpoint, "threads": args.threads, "tmp": args.tmp,
+            "nproc": args.nproc}
+
+
+def bench_full(args: argparse.Namespace) -> None:
+    size = QUICK if args.quick else FULL
+    for regime in args.regimes:
+        spec = {"case": "full", "quick": args.quick, "regime": regime, "users": size["users"],
+                "items": size["items"], "days": args.days or size["days"], "device": "cpu",
+                **base_spec(args)}
+        emit(spawn(spec, args.timeout))
+
+
+def bench_gpu(args: argparse.Namespace) -> None:
+    import torch
+
+    size = QUICK if args.quick else FULL
+    users = QUICK_GPU_USERS if args.quick else GPU_USERS
+    for regime in args.regimes:
+        spec = {"case": "gpu", "quick": args.quick, "regime": regime, "users": users,
+                "items": size["items"], "days": args.days or size["days"], "device": "cuda",
+                **base_spec(args)}
+        if not torch.cuda.is_available():
+            emit({"bench": "scale", **spec, "skipped": "no CUDA device on this machine"})
+        else:
+            emit(spawn(spec, args.timeout))
+
+
+def bench_scaling(args: argparse.Namespace) -> None:
+    users = args.users or (QUICK_SCALING_USERS if args.quick else SCALING_USERS)
+    days = args.days or 2
+    points = []
+    for n in users:
+        spec = {"case": "scaling", "regime": "supervised_daily", "users": n,
+                "items": FULL["items"], "days": days, "device": args.device, **base_spec(args)}
+        record = spawn(spec, args.timeout)
+        emit(record)
+        if "day_s" in record:
+            points.append((n, record["day_s"]))
+    if len(points) >= 2:
+        slope, r2 = fit_exponent([u for u, _ in points], [s for _, s in points])
+        top, _ = fit_exponent([u for u, _ in points[-2:]], [s for _, s in points[-2:]])
+        emit({"bench": "scale", "case": "scaling_fit", "regime": "supervised_daily",
+              "users": [u for u, _ in points], "day_s": [s for _, s in points],
+              "day_time_exponent": round(slope, 3), "r2": round(r2, 4),
+              "day_time_exponent_top": round(top, 3),
+              "note": "slope of log(day_s) on log(users) over all points, and between the two "
+                      "largest (fixed per-day costs flatten the small end); 1 = linear"})
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="smaller figures: full at 3*10^4 users x 2 days, GPU at 10^6 users, "
+                        "scaling over 10^4 .. 3*10^5 users")
+    p.add_argument("--case", choices=["full", "gpu", "scaling"], action="append",
+                   help="figures to run (repeatable; default: all three)")
+    p.add_argument("--regimes", nargs="+", default=["supervised_daily", "grpo"],
+                   help="regimes of the full and GPU figures")
+    p.add_argument("--days", type=int, help="experiment days (default 30; scaling 2)")
+    p.add_argument("--users", type=int, nargs="+", help="scaling: user counts")
+    p.add_argument("--warmup-days", type=int, default=1, help="warm-up days before day 0")
+    p.add_argument("--device", default="cpu", help="scaling: cpu | cuda | auto")
+    p.add_argument("--threads", type=int, help="torch threads in the children")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes per figure (torchrun, sharded tables); default 1")
+    p.add_argument("--no-logs", action="store_true", help="do not write the Parquet logs")
+    p.add_argument("--no-checkpoint", action="store_true", help="no daily checkpoints")
+    p.add_argument("--timeout", type=float, help="seconds per figure")
+    p.add_argument("--tmp", help="folder for the runs' temporary output (default: the OS's)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.child:
+        record = measure(json.loads(args.child))
+        if record is not None:
+            emit(record)
+        return 0
+    cases = args.case or ["full", "gpu", "scaling"]
+    for case in cases:
+        {"full": bench_full, "gpu": bench_gpu, "scaling": bench_scaling}[case](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

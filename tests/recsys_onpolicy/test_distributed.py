@@ -1,0 +1,374 @@
+"""Two-process runs on CPU (gloo) under torchrun against one-process runs of the same config.
+
+Three jobs, each started as a subprocess: ``recsys-onpolicy run CONFIG --nproc 2`` (the CLI
+re-executes itself under ``torch.distributed.run``), its one-process twin, and a driver script
+under ``python -m torch.distributed.run --nproc_per_node 2 --master_port <free port>`` that
+inspects the sharding plans and stops and resumes a run.
+
+Tolerance (``TOL``, absolute, on every metric and every parameter): the two-process run does
+the same arithmetic as the one-process run in a different order (each rank sums the gradients
+of its block of rows, its GEMMs see fewer rows, the ranks' gradients are added by torchrec's
+all-to-all and DDP's all-reduce); every random draw is the same. One float32 rounding is
+6e-8 relative; after the warm-up and two days (about 45 updates) the parameters were measured
+to differ by at most 1e-6, the metrics of the two regimes here by at most 2e-8 and those of
+every preset (the slow variant) by at most 1e-6 (a loss of 14.4: 7e-8 relative). TOL = 1e-5
+leaves a 10x margin and is far below any effect the experiments measure (gains and drops of
+1e-3 and more). What is discrete must be equal: served items, clicks, the simulated world.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+import yaml
+
+from recsys_onpolicy import cli, launch, loop
+from recsys_onpolicy.experiment import expand, load_experiment_data, validate_experiment
+from recsys_onpolicy.model import TABLES, TrainableScorer
+from recsys_onpolicy.probes.daily import DailyProbes
+from recsys_onpolicy.results import read_metrics
+from recsys_onpolicy.run_config import RecsysRunConfig
+from recsys_onpolicy.run_state import load_state
+from simulators.logs import read_logs
+from simulators.typed_config import validate
+
+TOL = 1e-5  # see the module docstring
+REPO = Path(__file__).resolve().parents[2]
+KEY = ["domain", "experiment", "regime", "seed", "step", "metric", "group"]
+
+EXPERIMENT = {
+    "domain": "recsys", "experiment": "tiny_dist", "seeds": 1, "control": False,
+    "regimes": ["supervised_daily", "grpo_kl"],
+    "run": {
+        "world": {"users": {"n_users": 300, "n_cohorts": 2, "n_modes": 2, "activity_mean": 1.0,
+                            "activity_spread": 0.0, "cohort_activity_spread": 0.0},
+                  "items": {"n_items": 300, "n_topics": 8, "dim": 8, "items_per_day": 10},
+                  "candidates": {"n_candidates": 20}, "slate_size": 5, "history_len": 5,
+                  "device": "cpu"},
+        "model": {"embedding_dim": 8, "head_width": 16, "device": "cpu"},
+        "days": 2, "removal": {"cohort": 1, "from_day": 1}, "serve_batch_size": 100,
+        "train_batch_size": 20, "probe_requests": 100, "warmup": {"days": 1},
+    },
+    "probes": {"users_per_cohort": 50},
+}
+
+DRIVER = '''
+"""Run by test_distributed.py under torchrun: plans and shards, whole state, stop and resume."""
+import json, shutil, sys
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from recsys_onpolicy import loop
+from recsys_onpolicy.distributed import ensure_process_group
+from recsys_onpolicy.experiment import expand, load_experiment_data, validate_experiment
+from recsys_onpolicy.model import TrainableScorer
+from recsys_onpolicy.probes.daily import DailyProbes
+from recsys_onpolicy.run_config import RecsysRunConfig
+from recsys_onpolicy.sharding import ShardingConfig, describe_plan
+from simulators.typed_config import validate
+
+config, out = sys.argv[1], Path(sys.argv[2])
+ensure_process_group(torch.device("cpu"))
+rank = dist.get_rank()
+exp = validate_experiment(load_experiment_data(config))
+cfg = validate(RecsysRunConfig, next(t for t in expand(exp, out) if t.label == "grpo_kl").config)
+
+for name, types in {"tw": None, "cw": ["column_wise"]}.items():
+    model_cfg = cfg.model.model_copy(update={"sharding": ShardingConfig(types=types)})
+    model = TrainableScorer(model_cfg, 300, 320, 8, torch.Generator().manual_seed(0))
+    local = {t: [[[w.start for w in where], list(x.shape)] for x, where in regions]
+             for t, regions in model.table_shards().items()}
+    plan = {t: [list(s) for s in shards] for t, shards in describe_plan(model.plan).items()}
+    (out / f"plan_{name}_rank{rank}.json").write_text(json.dumps({"plan": plan, "local": local}))
+    torch.save(model.state_dict(), out / f"state_{name}_rank{rank}.pt")
+
+kw = dict(probe_fn=DailyProbes(exp.probes), progress=False, experiment=exp.experiment,
+          regime_name="grpo_kl")
+loop.run(cfg, out / "run", stop_after=1, **kw)  # as if killed after day 1's checkpoint
+dist.barrier()
+if rank == 0:
+    shutil.copytree(out / "run", out / "after_day1")
+dist.barrier()
+loop.run(cfg, out / "run", **kw)  # resumes from the checkpoint on disk
+dist.destroy_process_group()
+'''
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny_dist.yaml"
+    path.write_text(yaml.safe_dump(EXPERIMENT))
+    return path
+
+
+def cli_command(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "recsys_onpolicy.cli", "run", str(config), "--out", str(out),
+            "--no-progress", *extra]
+
+
+def finish(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-4000:]
+
+
+@pytest.fixture(scope="module")
+def jobs(config_file, tmp_path_factory) -> dict[str, Path]:
+    """The three jobs, started together (they share the cores: 25-50 s here by load)."""
+    root = tmp_path_factory.mktemp("jobs")
+    (root / "driver").mkdir()
+    (root / "driver" / "driver.py").write_text(DRIVER)
+    commands = {
+        "single": cli_command(config_file, root / "single"),
+        "double": cli_command(config_file, root / "double", "--nproc", "2"),
+        "driver": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                   "--master_port", str(free_port()), str(root / "driver" / "driver.py"),
+                   str(config_file), str(root / "driver")],
+    }
+    procs = {name: subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, cmd in commands.items()}
+    for proc in procs.values():
+        finish(proc)
+    return {name: root / name for name in commands}
+
+
+@pytest.fixture(scope="module")
+def single(jobs) -> Path:
+    return jobs["single"]
+
+
+@pytest.fixture(scope="module")
+def double(jobs) -> Path:
+    return jobs["double"]
+
+
+@pytest.fixture(scope="module")
+def driver(jobs) -> Path:
+    return jobs["driver"]
+
+
+def assert_metrics_close(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    assert a.height == b.height > 0
+    joined = a.join(b, on=KEY, how="full", nulls_equal=True, suffix="_b")
+    assert joined.height == a.height and joined["value_b"].null_count() == 0
+    worst = (joined["value"] - joined["value_b"]).abs().max()
+    assert worst <= TOL, joined.sort((pl.col("value") - pl.col("value_b")).abs()).tail(5)
+
+
+def assert_tensors_close(a, b, where: str = "") -> None:
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            assert_tensors_close(a[k], b[k], f"{where}.{k}")
+    elif torch.is_tensor(a):
+        assert a.shape == b.shape, where
+        assert torch.allclose(a.double(), b.double(), rtol=0, atol=TOL), where
+
+
+def files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+# ---- the CLI: two processes vs one ---------------------------------------------------------
+
+def test_two_processes_write_the_one_process_run_folder(single, double):
+    assert files(double) == files(single)  # rank 1 wrote nothing of its own
+    assert (double / "config.yaml").read_text() == (single / "config.yaml").read_text()
+    assert_metrics_close(read_metrics(single / "metrics.parquet"),
+                         read_metrics(double / "metrics.parquet"))
+
+
+@pytest.mark.parametrize("regime", EXPERIMENT["regimes"])
+def test_two_processes_serve_train_and_simulate_like_one(single, double, regime):
+    one, two = (d / "runs" / "base" / regime / "seed=0" for d in (single, double))
+    logs_1, logs_2 = read_logs(one / "logs"), read_logs(two / "logs")
+    discrete = ["day", "request", "user", "cohort", "position", "item", "click"]
+    assert logs_1.select(discrete).equals(logs_2.select(discrete))
+    for col in ("propensity", "true_prob"):
+        assert (logs_1[col] - logs_2[col]).abs().max() <= TOL
+    ck_1, ck_2 = load_state(one / "checkpoint.pt"), load_state(two / "checkpoint.pt")
+    assert ck_1["day"] == ck_2["day"] == 2
+    for part in ("users", "items"):  # the world stayed identical on every rank
+        for name, value in ck_1["world"][part].items():
+            other = ck_2["world"][part][name]
+            assert (value is None and other is None) or torch.equal(value, other), name
+    # whole tables in the two-process checkpoint: the one-process layout, nearly equal values
+    assert_tensors_close(ck_1["policy"]["model"], ck_2["policy"]["model"])
+    assert_tensors_close(ck_1["policy"]["sparse_optimizer"], ck_2["policy"]["sparse_optimizer"])
+
+
+def test_nproc_refuses_what_cannot_be_distributed(config_file, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli.main(["run", str(config_file), "--out", str(out), "--nproc", "2",
+                     "--jobs", "2"]) == 2
+    assert "drop --jobs" in capsys.readouterr().err and not out.exists()
+    llm = tmp_path / "llm.yaml"
+    llm.write_text(yaml.safe_dump({"domain": "llm", "experiment": "mixture_toy"}))
+    assert cli.main(["run", str(llm), "--out", str(out), "--nproc", "2"]) == 2
+    assert "llm experiments run in one process" in capsys.readouterr().err
+
+
+def test_launcher_forwards_the_run_and_picks_the_rendezvous(tmp_path):
+    args = cli.build_parser().parse_args(
+        ["run", "c.yaml", "--nproc", "2", "--set", "run.days=3", "--set", "seeds=2",
+         "--seeds", "4", "--no-progress", "--overwrite"])
+    assert launch.worker_argv(args, tmp_path) == [
+        "run", "c.yaml", "--out", str(tmp_path), "--resume", "--set", "run.days=3",
+        "--set", "seeds=2", "--seeds", "4", "--no-progress"]
+    assert launch.rendezvous_argv(args) == ["--standalone"]
+    args.nnodes, args.node_rank, args.master_addr, args.master_port = 2, 1, "host0", 29400
+    assert launch.rendezvous_argv(args) == ["--nnodes", "2", "--node_rank", "1", "--master_addr",
+                                            "host0", "--master_port", "29400"]
+
+
+def test_worker_entry_needs_torchrun(config_file, monkeypatch, capsys):
+    monkeypatch.delenv("RANK", raising=False)
+    assert launch.main(["run", str(config_file)]) == 2
+    assert "torchrun" in capsys.readouterr().err
+
+
+# ---- the sharding plan of a real two-process job -------------------------------------------
+
+def read_plans(driver: Path, name: str) -> list[dict]:
+    return [json.loads((driver / f"plan_{name}_rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_table_wise_plan_puts_whole_tables_on_different_ranks(driver):
+    ranks = [read_plans(driver, "tw")[r]["local"] for r in (0, 1)]
+    held = [{t for t, shards in local.items() if shards} for local in ranks]
+    assert held[0] and held[1] and not held[0] & held[1] and held[0] | held[1] == set(TABLES)
+    for local in ranks:
+        for shards in local.values():
+            assert all(offsets == [0, 0] for offsets, _ in shards)  # whole tables
+
+
+def test_column_wise_plan_splits_every_table_across_ranks(driver):
+    for rank, info in enumerate(read_plans(driver, "cw")):
+        for table in TABLES:
+            (offsets, shape), = info["local"][table]
+            assert offsets == [0, 4 * rank] and shape[1] == 4  # D = 8 in two 4-column blocks
+            assert sorted(r for r, _, _ in info["plan"][table]) == [0, 1]
+
+
+@pytest.mark.parametrize("name", ["tw", "cw"])
+def test_gathered_state_is_whole_and_equals_the_one_process_model(driver, name):
+    cfg = validate(RecsysRunConfig, EXPERIMENT["run"]).model
+    reference = TrainableScorer(cfg, 300, 320, 8, torch.Generator().manual_seed(0)).state_dict()
+    for r in (0, 1):
+        state = torch.load(driver / f"state_{name}_rank{r}.pt", weights_only=True)
+        for key, value in reference["model"].items():  # same init stream: exactly equal
+            assert torch.equal(state["model"][key], value), key
+        if name == "tw":  # column blocks keep one row-wise Adagrad accumulator per block
+            assert_tensors_close(state["sparse_optimizer"], reference["sparse_optimizer"])
+
+
+# ---- checkpoint and resume -----------------------------------------------------------------
+
+def test_stopped_and_resumed_under_torchrun_matches_the_uninterrupted_run(driver, single):
+    reference = read_metrics(single / "runs" / "base" / "grpo_kl" / "seed=0" / "metrics.parquet")
+    assert_metrics_close(reference, read_metrics(driver / "run" / "metrics.parquet"))
+    assert load_state(driver / "after_day1" / "checkpoint.pt")["day"] == 1
+
+
+def test_two_process_checkpoint_resumes_in_one_process(driver, single, config_file):
+    exp = validate_experiment(load_experiment_data(config_file))
+    task = next(t for t in expand(exp, driver) if t.label == "grpo_kl")
+    frame = loop.run(validate(RecsysRunConfig, task.config), driver / "after_day1",
+                     probe_fn=DailyProbes(exp.probes), progress=False,
+                     experiment=exp.experiment, regime_name="grpo_kl")
+    reference = read_metrics(single / "runs" / "base" / "grpo_kl" / "seed=0" / "metrics.parquet")
+    assert_metrics_close(reference, frame)
+
+
+# ---- longer variants -----------------------------------------------------------------------
+
+ALL_PRESETS = ["supervised_daily", "teacher_sft", "self_sft", "iterative_sft", "reinforce", "grpo",
+               "grpo_kl", "grpo_batch", "ppo", "sft_on_rl_traces",
+               {"name": "grpo_streaming", "preset": "grpo", "cadence": "streaming"}]
+VARIANTS = {  # (extra --set options, regimes): column-wise with a per-entry optimizer is exact
+    "every_preset": ([], ALL_PRESETS),
+    "column_wise_adagrad": (["run.model.sparse_optimizer=adagrad",
+                             "run.model.sharding.types=[column_wise]"], ["grpo_kl", "ppo"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_two_processes_match_one_for_every_regime(variant, tmp_path):
+    """About 3 minutes: every regime (and streaming), or column-wise shards."""
+    sets, regimes = VARIANTS[variant]
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(dict(EXPERIMENT, regimes=regimes)))
+    extra = [a for s in sets for a in ("--set", s)]
+    procs = [subprocess.Popen(cli_command(config, tmp_path / name, *extra, *more), cwd=REPO,
+                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+             for name, more in (("one", []), ("two", ["--nproc", "2"]))]
+    for proc in procs:
+        finish(proc)
+    assert_metrics_close(read_metrics(tmp_path / "one" / "metrics.parquet"),
+                         read_metrics(tmp_path / "two" / "metrics.parquet"))
+
+
+# ---- GPU (skipped without CUDA) ------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_scorer_trains_with_fused_cuda_tables():
+    cfg = validate(RecsysRunConfig, EXPERIMENT["run"]).model.model_copy(update={"device": "auto"})
+    model = TrainableScorer(cfg, 300, 320, 8, torch.Generator().manual_seed(0))
+    assert model.device.type == "cuda"
+    gen = torch.Generator().manual_seed(1)
+    users = torch.randint(0, 300, (16,), generator=gen)
+    history = torch.randint(-1, 320, (16, 5), generator=gen)
+    items = torch.randint(0, 320, (16, 4), generator=gen)
+    topics = torch.randint(0, 8, (16, 4), generator=gen)
+    before = model.sparse_tables()["item"].clone()
+    logits = model.score(users, history, items, topics)
+    assert logits.device.type == "cuda" and logits.shape == (16, 4)
+    model.step(torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.zeros_like(logits)))
+    assert not torch.equal(before, model.sparse_tables()["item"])
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_gpus_match_one_gpu(config_file, tmp_path):
+    """NCCL, one GPU per process; GPU kernels are not bit-reproducible, so only the layout and
+    a loose agreement (1e-3) are asserted."""
+    gpu = ["--set", "run.model.device=cuda", "--set", "run.world.device=cuda"]
+    for out, extra in ((tmp_path / "one", []), (tmp_path / "two", ["--nproc", "2"])):
+        finish(subprocess.Popen(cli_command(config_file, out, *gpu, *extra), cwd=REPO,
+                                env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True))
+    assert files(tmp_path / "one") == files(tmp_path / "two")
+    a = read_metrics(tmp_path / "one" / "metrics.parquet")
+    b = read_metrics(tmp_path / "two" / "metrics.parquet")
+    joined = a.join(b, on=KEY, nulls_equal=True, suffix="_b")
+    assert joined.height == a.height and (joined["value"] - joined["value_b"]).abs().max() < 1e-3
