@@ -10,8 +10,9 @@ with ``torch.load(..., weights_only=True)`` (no pickled code runs on load):
 
 RNG states go in ``extra`` as tensors: :func:`generator_states` / :func:`restore_generators`.
 Writes are atomic: a temporary file in the same folder, then ``os.replace``, so a run killed
-mid-write leaves the previous checkpoint intact. With world size > 1 each rank must write its
-own file (the state holds the rank's tables only).
+mid-write leaves the previous checkpoint intact. With world size > 1 the state holds whole
+tables gathered from the shards: call on every rank (the gather is collective) and keep the
+file written by rank 0.
 """
 from __future__ import annotations
 
