@@ -94,7 +94,7 @@ def _random_rows(index: RetrievalIndex, b: int, n: int, gen: torch.Generator,
     max_stride = max(1, (size - 1) // max(n - 1, 1))
     a = torch.randint(0, size, (b, 1), generator=gen, device=device, dtype=dtype)
     s = torch.randint(1, max_stride + 1, (b, 1), generator=gen, device=device, dtype=dtype)
-    pos = torch.arange(n, device=device, dtype=dtype) * s + a  # (b, n), < 2 * size
+    pos = (torch.arange(n, device=device, dtype=dtype) * s).add_(a)  # (b, n), < 2 * size
     if out is None:
         return take_rows(index.perm2, pos)
     torch.index_select(index.perm2, 0, pos.view(-1), out=out.view(-1))

@@ -86,12 +86,19 @@ def sample_independent(probs: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     return (u < probs).to(probs.dtype)
 
 
+def sample_choice(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Position of the one click of each row, K for none, (B, 1) long, with P(click at k) =
+    probs[:, k] (mutually exclusive clicks); one uniform per row."""
+    b = probs.shape[0]
+    u = torch.rand(b, 1, generator=gen, device=probs.device)  # (B, 1)
+    # The number of cumulative marginals <= u (they never decrease: probs >= 0).
+    return torch.searchsorted(torch.cumsum(probs, dim=1), u, right=True)  # (B, 1)
+
+
 def sample_exclusive(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """At most one click per row with P(click at k) = probs[:, k]; one uniform per row, (B, K)."""
-    b, k = probs.shape
-    u = torch.rand(b, 1, generator=gen, device=probs.device)  # (B, 1)
-    chosen = (torch.cumsum(probs, dim=1) <= u).sum(dim=1, keepdim=True)  # (B, 1); K = no click
-    return (torch.arange(k, device=probs.device) == chosen).to(probs.dtype)
+    chosen = sample_choice(probs, gen)  # (B, 1); K = no click
+    return (torch.arange(probs.shape[1], device=probs.device) == chosen).to(probs.dtype)
 
 
 def sample_clicks(cfg: ChoiceConfig, probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

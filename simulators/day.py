@@ -15,18 +15,28 @@ Order of one day (random streams are split from ``gen``: requests, retrieval, re
    updates the policy here, so the next batch is served by the updated policy);
 3. end of day: retention (churn/return), interest drift, fatigue and popularity decay, the day
    advances, new items arrive.
+
+Speed (CPU): every batch writes straight into day-sized log buffers (no concatenation), reused
+across days once the caller dropped the old log (:mod:`simulators.buffers`); the batches'
+requests (candidates, cohorts, histories) can be prepared ahead in a second thread
+(:mod:`simulators.prefetch`), bit-identically, since a batch's requests depend on nothing an
+earlier batch changes.
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import functools
+import os
 from collections.abc import Callable
 
 import torch
 
 from simulators import choice, dynamics
+from simulators.buffers import BufferPool
 from simulators.candidates import RetrievalIndex, build_index, sample_candidates
 from simulators.ground_truth import click_probs, take_rows
-from simulators.records import DayLog, Policy, PolicyOutputError, Requests
+from simulators.prefetch import Prefetcher
+from simulators.records import _ROW_FIELDS, DayLog, Policy, PolicyOutputError, Requests
 from simulators.rng import check_generator, child_generator
 from simulators.world import World, append_items
 
@@ -95,17 +105,16 @@ def check_policy_output(out, requests: Requests,
             f"policy output is on {slates.device}/{logp.device} but the requests are on "
             f"{requests.candidates.device}: return tensors on the requests' device")
     slates = slates.long()
-    lo, hi = torch.aminmax(slates)
+    # A slate tensor broadcast over rows (stride 0, e.g. ``expand``) holds one distinct row.
+    rows = slates[:1] if b > 1 and slates.stride(0) == 0 else slates
+    lo, hi = torch.aminmax(rows)
     out_of_range = (lo < 0) | (hi >= c)
-    # Duplicates: write each position's slot number k into a (B, C) table and read it back; a
-    # repeated candidate keeps only one writer, so some k reads back wrong.
-    safe = slates.clamp(0, c - 1)
+    # Duplicates: count each candidate position's occurrences in its row (K < 2^8 fits uint8).
     small = torch.uint8 if slate_size < 2**8 else torch.int32
-    slot = torch.arange(slate_size, device=slates.device, dtype=small).expand(b, slate_size)
-    table = torch.zeros(b, c, dtype=small, device=slates.device)
-    table.scatter_(1, safe, slot)
-    has_dup = (table.gather(1, safe) != slot).any(dim=1)  # (B,)
-    flags = torch.stack([out_of_range, has_dup.any() & ~out_of_range,
+    count = torch.zeros(rows.shape[0], c, dtype=small, device=rows.device)
+    count.scatter_add_(1, rows.clamp(0, c - 1),
+                       torch.ones(1, dtype=small, device=rows.device).expand(rows.shape))
+    flags = torch.stack([out_of_range, (count.amax() > 1) & ~out_of_range,
                          ~torch.isfinite(logp).all(), (logp > 1e-4).any()]).tolist()
     if not any(flags):
         return slates, logp
@@ -115,7 +124,7 @@ def check_policy_output(out, requests: Requests,
             f"slates must be positions in [0, {c}) into the candidates; row {row} is "
             f"{slates[row].tolist()}")
     if flags[1]:
-        row = int(has_dup.nonzero()[0])
+        row = int((count.amax(dim=1) > 1).nonzero()[0])
         raise PolicyOutputError(
             f"slates must not repeat a candidate; row {row} is {slates[row].tolist()} (sample "
             "without replacement, e.g. Gumbel-top-k)")
@@ -131,25 +140,37 @@ def _index_dtype(numel: int) -> torch.dtype:
 
 
 def apply_feedback(world: World, users: torch.Tensor, items: torch.Tensor, clicks: torch.Tensor,
-                   gen: torch.Generator) -> None:
+                   gen: torch.Generator, *, chosen: torch.Tensor | None = None) -> None:
     """Write the effects of served slates into the state: history, popularity, reinforcement,
-    fatigue, satisfaction. users (B,) must be distinct; items, clicks (B, K)."""
+    fatigue, satisfaction. users (B,) must be distinct; items, clicks (B, K).
+
+    Optional shortcut (same result): ``chosen`` (B, 1) the clicked position of each row, K for
+    none, when the choice model allows at most one click (:func:`simulators.choice.sample_choice`).
+    """
     cfg, st, it = world.cfg, world.users, world.items
     dyn = cfg.dynamics
     one_click = choice.at_most_one_click(cfg.choice)
     recsim = dyn.reinforcement.enabled and dyn.reinforcement.rule == "recsim"
     if one_click or recsim:  # the first clicked position of each slate
-        top, first = clicks.max(dim=1)  # (B,), (B,) first position holding the maximum
-        has_click = top > 0
+        if chosen is not None and one_click:
+            chosen = chosen.view(-1)
+            has_click = chosen < items.shape[1]  # (B,)
+            first = torch.where(has_click, chosen, 0)  # (B,) position 0 when no click, as max
+        else:
+            top, first = clicks.max(dim=1)  # (B,), (B,) first position holding the maximum
+            has_click = top > 0
         first_item = items.gather(1, first.unsqueeze(1)).squeeze(1)  # (B,)
     if cfg.history_len > 0:
-        old = take_rows(st.history, users)  # (B, H)
+        old = take_rows(st.history, users)  # (B, H) (not the requests': a policy may alter those)
         if one_click:
             new = dynamics.push_one(old, first_item, has_click)
         else:
             new = dynamics.push_history(old, items, clicks)
         st.history.index_copy_(0, users, new)
-    it.popularity.index_add_(0, items.reshape(-1), clicks.reshape(-1))
+    if one_click:  # one click at most: add the clicked items only (the other terms are + 0)
+        it.popularity.index_add_(0, first_item, has_click.to(it.popularity.dtype))
+    else:
+        it.popularity.index_add_(0, items.reshape(-1), clicks.reshape(-1))
     if recsim:
         _reinforce_recsim(world, users, first_item, has_click, gen)
     elif dyn.reinforcement.enabled:
@@ -213,25 +234,107 @@ def end_of_day(world: World, day_users: torch.Tensor, gen: torch.Generator) -> N
     world.retrieval_cache = None
 
 
-def serve_batch(world: World, requests: Requests, policy: Policy, gen: torch.Generator) -> DayLog:
-    """Serve one batch: policy -> checks -> true probabilities -> clicks -> state updates."""
+def _serve_into(world: World, requests: Requests, policy: Policy, gen: torch.Generator,
+                log: DayLog) -> DayLog:
+    """Serve one batch, writing slates, items, propensities, probabilities and clicks into the
+    (B, ...) tensors of ``log`` (whose other fields are the requests'); return ``log``."""
     slates, logp = check_policy_output(policy(requests), requests, world.cfg.slate_size)
-    items = requests.candidates.gather(1, slates)  # (B, K)
-    probs = click_probs(world, requests.users, items)  # (B, K) before the state changes
-    clicks = choice.sample_clicks(world.cfg.choice, probs, gen)
-    apply_feedback(world, requests.users, items, clicks, gen)
-    b = len(requests)
+    log.slates.copy_(slates)
+    log.log_propensity.copy_(logp)
+    items = torch.gather(requests.candidates, 1, log.slates, out=log.items)  # (B, K)
+    log.true_probs.copy_(click_probs(world, requests.users, items))  # before the state changes
+    chosen = None
+    if choice.at_most_one_click(world.cfg.choice):
+        chosen = choice.sample_choice(log.true_probs, gen)  # (B, 1) clicked position, K: none
+        log.clicks.copy_(torch.arange(items.shape[1], device=items.device) == chosen)
+    else:
+        log.clicks.copy_(choice.sample_independent(log.true_probs, gen))
+    apply_feedback(world, requests.users, items, log.clicks, gen, chosen=chosen)
+    return log
+
+
+def _empty_log(world: World, n: int, pool: BufferPool | None = None) -> DayLog:
+    """A DayLog of ``n`` uninitialised rows (from ``pool`` when given)."""
+    cfg, dev = world.cfg, world.device
+    c, k, h = cfg.candidates.n_candidates, cfg.slate_size, cfg.history_len
+
+    def empty(name, *shape, dtype=torch.long):
+        if pool is None:
+            return torch.empty(n, *shape, dtype=dtype, device=dev)
+        return pool.empty(name, (n, *shape), dtype, dev)
+
     return DayLog(
-        day=torch.full((b,), requests.day, dtype=torch.long, device=world.device),
-        request_id=requests.request_id, users=requests.users, cohort=requests.cohort,
-        history=requests.history, candidates=requests.candidates, slates=slates, items=items,
-        clicks=clicks, log_propensity=logp.float(), true_probs=probs, item_topic=requests.item_topic,
+        day=empty("day"), request_id=empty("request_id"), users=empty("users"),
+        cohort=empty("cohort"), history=empty("history", h), candidates=empty("candidates", c),
+        slates=empty("slates", k), items=empty("items", k),
+        clicks=empty("clicks", k, dtype=torch.float), log_propensity=empty("log_propensity",
+                                                                             dtype=torch.float),
+        true_probs=empty("true_probs", k, dtype=torch.float), item_topic=world.items.topic,
     )
 
 
+def _rows(log: DayLog, start: int, stop: int) -> DayLog:
+    """Rows start:stop of ``log`` as views."""
+    return DayLog(**{f: getattr(log, f)[start:stop] for f in _ROW_FIELDS},
+                  item_topic=log.item_topic)
+
+
+def _fill_requests(world: World, log: DayLog, gen: torch.Generator, index: RetrievalIndex) -> None:
+    """Write the requests of the rows of ``log`` (users set): candidates, cohorts, histories."""
+    sample_candidates(world, log.users, gen, index, log.candidates)
+    torch.index_select(world.users.cohort, 0, log.users, out=log.cohort)
+    torch.index_select(world.users.history, 0, log.users, out=log.history)
+
+
+def _requests_of(world: World, log: DayLog) -> Requests:
+    """The requests whose tensors are the rows of ``log``."""
+    return Requests(day=world.day, request_id=log.request_id, users=log.users, cohort=log.cohort,
+                    history=log.history, candidates=log.candidates,
+                    item_topic=world.items.topic)
+
+
+def _available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _prefetch_default(world: World, n_batches: int) -> bool:
+    """Requests prepared in a second thread: on CPU, with several batches, with 2+ cores."""
+    return world.device.type == "cpu" and n_batches > 1 and _available_cores() > 1
+
+
+def serve_batch(world: World, requests: Requests, policy: Policy, gen: torch.Generator) -> DayLog:
+    """Serve one batch: policy -> checks -> true probabilities -> clicks -> state updates."""
+    b, k, dev = len(requests), world.cfg.slate_size, world.device
+    log = DayLog(
+        day=torch.full((b,), requests.day, dtype=torch.long, device=dev),
+        request_id=requests.request_id, users=requests.users, cohort=requests.cohort,
+        history=requests.history, candidates=requests.candidates,
+        slates=torch.empty(b, k, dtype=torch.long, device=dev),
+        items=torch.empty(b, k, dtype=torch.long, device=dev),
+        clicks=torch.empty(b, k, device=dev), log_propensity=torch.empty(b, device=dev),
+        true_probs=torch.empty(b, k, device=dev), item_topic=requests.item_topic)
+    return _serve_into(world, requests, policy, gen, log)
+
+
 def simulate_day(world: World, policy: Policy, gen: torch.Generator, batch_size: int = 8192,
-                 on_batch: Callable[[DayLog], None] | None = None) -> DayLog:
-    """Simulate one day of requests served by ``policy``; mutates ``world``; returns the day's log."""
+                 on_batch: Callable[[DayLog], None] | None = None, *,
+                 prefetch: bool | None = None) -> DayLog:
+    """Simulate one day of requests served by ``policy``; mutates ``world``; returns the day's log.
+
+    The log's tensors are day-sized buffers that the batches write into (the logs passed to
+    ``on_batch`` are row views of them); their memory comes from ``world.day_buffers`` and is
+    reused on a later day only once no tensor made from this log is alive.
+
+    ``prefetch``: prepare the batches' requests (candidates, cohorts, histories) in a background
+    thread, ahead of serving (default: on CPU when the process may use two or more cores). They read
+    only the day's retrieval index and the state of the batch's own users, which no earlier batch
+    changes (a user requests at most once a day), so the results are bit-identical either way,
+    provided ``policy`` and ``on_batch`` do not change the state of users still to be served.
+    """
     check_generator(gen, world.device)
     if batch_size <= 0:
         raise ValueError(f"batch_size = {batch_size}: must be a positive number of requests")
@@ -244,24 +347,29 @@ def simulate_day(world: World, policy: Policy, gen: torch.Generator, batch_size:
         end_of_day(world, day_users, g_dynamics)
         return DayLog.empty(world.items.topic, world.cfg.candidates.n_candidates,
                             world.cfg.slate_size, world.cfg.history_len)
-    # Candidates go straight into one day-sized buffer (the largest part of the log: no copy).
-    candidates = torch.empty(n_requests, world.cfg.candidates.n_candidates, dtype=torch.long,
-                             device=world.device)  # (R, C)
-    logs = []
-    for start in range(0, n_requests, batch_size):
-        users = day_users[start:start + batch_size]
-        stop = start + users.shape[0]
-        ids = torch.arange(start, stop, device=world.device)
-        requests = make_requests(world, users, g_retrieval, ids, index, candidates[start:stop])
-        log = serve_batch(world, requests, policy, g_response)
-        if on_batch is not None:
-            on_batch(log)
-        logs.append(log)
+    if not isinstance(world.day_buffers, BufferPool):
+        world.day_buffers = BufferPool()
+    day_log = _empty_log(world, n_requests, world.day_buffers)
+    day_log.day.fill_(world.day)
+    torch.arange(n_requests, out=day_log.request_id)
+    day_log.users.copy_(day_users)
+    batches = [_rows(day_log, a, min(a + batch_size, n_requests))
+               for a in range(0, n_requests, batch_size)]
+    retrieve = [functools.partial(_fill_requests, world, rows, g_retrieval, index)
+                for rows in batches]
+    if prefetch is None:
+        prefetch = _prefetch_default(world, len(batches))
+    with Prefetcher(retrieve) if prefetch else contextlib.nullcontext() as ahead:
+        for i, rows in enumerate(batches):
+            if ahead is None:
+                retrieve[i]()
+            else:
+                ahead.wait(i)
+            _serve_into(world, _requests_of(world, rows), policy, g_response, rows)
+            if on_batch is not None:
+                on_batch(rows)
     end_of_day(world, day_users, g_dynamics)
-    if len(logs) == 1:
-        return logs[0]
-    day_log = DayLog.cat([dataclasses.replace(g, candidates=g.candidates[:0]) for g in logs])
-    return dataclasses.replace(day_log, candidates=candidates)
+    return day_log
 
 
 def respond(world: World, users: torch.Tensor, slate_items: torch.Tensor,

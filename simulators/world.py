@@ -64,6 +64,8 @@ class World:
     day: int = 0
     retrieval_cache: object | None = dataclasses.field(default=None, repr=False)
     """Derived retrieval index (see simulators.candidates); rebuilt when stale, never cloned."""
+    day_buffers: object | None = dataclasses.field(default=None, repr=False)
+    """Reusable memory for the day logs (a simulators.buffers.BufferPool); never cloned."""
 
     @property
     def device(self) -> torch.device:

@@ -89,3 +89,19 @@ def test_empirical_click_rates_match_the_analytic_marginals(model):
         both = float((clicks[:, 0] * clicks[:, 1]).mean())
         q = float(p[0] * p[1])
         assert abs(both - q) <= 5 * math.sqrt(q * (1 - q) / N)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 2**31), st.floats(0.0, 1.0))
+def test_sample_choice_counts_the_cumulative_marginals_below_the_uniform(k, seed, no_click):
+    """The clicked position is #{k: p_0 + ... + p_k <= u} (K: no click), one uniform per row;
+    sample_exclusive is its one-hot."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(64, k, generator=g)
+    p = p / p.sum(1, keepdim=True) * (1 - no_click)
+    p[0] = 0.0  # zero marginals: repeated cumulative values
+    chosen = choice.sample_choice(p, torch.Generator().manual_seed(seed))
+    u = torch.rand(64, 1, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(chosen, (torch.cumsum(p, 1) <= u).sum(1, keepdim=True))
+    clicks = choice.sample_exclusive(p, torch.Generator().manual_seed(seed))
+    assert torch.equal(clicks, (torch.arange(k) == chosen).float())

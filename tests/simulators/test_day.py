@@ -1,6 +1,7 @@
 """The day driver: invariants of a simulated day, streaming batches, determinism, clear errors
 for bad policy output, clicks that match the true probabilities."""
 import math
+import threading
 
 import polars as pl
 import pytest
@@ -195,3 +196,103 @@ def test_served_slates_never_repeat_an_item(seed, model, c, k, oracle, batch):
     assert bool((log.items.sort(1).values.diff(dim=1) > 0).all())
     assert bool(torch.isfinite(log.true_probs).all())
     assert bool(((log.true_probs >= 0) & (log.true_probs <= 1)).all())
+
+
+def world_for(case, seed):
+    if case == "recsim":
+        return make_world(presets.recsim_equivalent({
+            "users": {"n_users": 300}, "items": {"n_items": 500},
+            "candidates": {"n_candidates": 20}, "slate_size": 5}), make_generator(seed))
+    return tiny(seed, choice={"model": case}, users={"activity_mean": 0.8}, dynamics={
+        "drift": {"enabled": True}, "reinforcement": {"enabled": True},
+        "fatigue": {"enabled": True}, "retention": {"enabled": True}})
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (small ops under OpenMP on a busy 2-core machine take milliseconds)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", ["mnl", "pbm", "cascade", "recsim"])
+def test_prefetch_gives_bit_identical_days(case, one_thread):
+    """Requests prepared ahead in a second thread: same logs, same state, streaming included."""
+    runs = []
+    for prefetch in (False, True):
+        w = world_for(case, 3)
+        gen, pol = make_generator(4), uniform_random_policy(5, make_generator(5))
+        streamed = []
+        logs = [simulate_day(w, pol, gen, batch_size=23, on_batch=streamed.append,
+                             prefetch=prefetch) for _ in range(3)]
+        runs.append((pl.concat([day_log_to_frame(g) for g in logs]),
+                     torch.cat([b.candidates for b in streamed]), w))
+    (fa, ca, wa), (fb, cb, wb) = runs
+    assert fa.equals(fb) and torch.equal(ca, cb)
+    for name in ("interests", "history", "active", "fatigue", "satisfaction"):
+        a, b = getattr(wa.users, name), getattr(wb.users, name)
+        assert (a is None and b is None) or torch.equal(a, b), name
+    assert torch.equal(wa.items.popularity, wb.items.popularity)
+
+
+def test_kept_logs_are_never_overwritten_by_later_days():
+    """Day buffers are reused only once nothing references them (simulators.buffers)."""
+    w = tiny(users={"activity_mean": 1.0, "activity_spread": 0.0, "cohort_activity_spread": 0.0})
+    gen, pol = make_generator(0), uniform_random_policy(5, make_generator(1))
+    kept = simulate_day(w, pol, gen, batch_size=64)
+    batch_views = []
+    simulate_day(w, pol, gen, batch_size=64, on_batch=batch_views.append)
+    copies = (kept.candidates.clone(), kept.clicks.clone(),
+              torch.cat([b.items for b in batch_views]).clone())
+    for _ in range(4):  # dropped logs: their memory is reused by later days
+        simulate_day(w, pol, gen, batch_size=64)
+    assert torch.equal(kept.candidates, copies[0]) and torch.equal(kept.clicks, copies[1])
+    assert torch.equal(torch.cat([b.items for b in batch_views]), copies[2])
+
+
+def test_an_error_in_the_policy_stops_the_prefetch_thread():
+    calls = []
+
+    def policy(req):
+        calls.append(len(req))
+        if len(calls) == 2:
+            raise RuntimeError("policy failed")
+        return fixed_positions_policy(5)(req)
+
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="policy failed"):
+        simulate_day(tiny(users={"activity_mean": 1.0}), policy, make_generator(0),
+                     batch_size=16, prefetch=True)
+    assert threading.active_count() == before
+
+
+def test_broadcast_slates_are_checked_once_and_served():
+    w = tiny(users={"activity_mean": 1.0})
+    dup = fixed(lambda b: torch.tensor([0, 1, 2, 1, 4]).expand(b, K), ok_logp)
+    with pytest.raises(PolicyOutputError, match=r"row 0 is \[0, 1, 2, 1, 4\]"):
+        simulate_day(w, dup, make_generator(0))
+    log = simulate_day(w, fixed_positions_policy(K), make_generator(0))  # expand()-ed slates
+    assert torch.equal(log.slates, torch.arange(K).expand(len(log), K))
+
+
+@pytest.mark.parametrize("case", ["mnl", "cascade", "recsim"])
+def test_feedback_shortcuts_change_nothing(case):
+    """apply_feedback given the sampled click positions (the serving path) writes the same state
+    as from the clicks alone."""
+    from simulators.day import apply_feedback
+
+    worlds = [world_for(case, 7), world_for(case, 7)]
+    users = torch.randperm(worlds[0].n_users, generator=torch.Generator().manual_seed(0))[:40]
+    items = torch.randint(0, worlds[0].n_items, (40, 5), generator=torch.Generator().manual_seed(1))
+    chosen = torch.randint(0, 6, (40, 1), generator=torch.Generator().manual_seed(2))  # 5: none
+    clicks = (torch.arange(5) == chosen).float()
+    apply_feedback(worlds[0], users, items, clicks, make_generator(3))
+    apply_feedback(worlds[1], users, items, clicks, make_generator(3), chosen=chosen)
+    a, b = worlds
+    for name in ("interests", "history", "fatigue", "satisfaction"):
+        x, y = getattr(a.users, name), getattr(b.users, name)
+        assert (x is None and y is None) or torch.equal(x, y), name
+    assert torch.equal(a.items.popularity, b.items.popularity)
+    assert float(a.items.popularity.sum()) == float((chosen < 5).sum())
