@@ -24,14 +24,24 @@ Figures (``case``):
 work split: :mod:`recsys_onpolicy.distributed`); the record is rank 0's.
 
 Fields: ``wall_s`` (whole run incl. warm-up), ``warmup_s`` (build + warm-up + day-0 probe),
-``day_s`` (wall time per experiment day: median over days), ``requests_per_s`` and
-``impressions_per_s`` (served requests / impressions of the experiment days over their wall
-time), ``peak_rss_gib``, the settings, and ``load_avg_1m`` before and after (the machine is
-shared: numbers are only comparable at similar load).
+``day_s`` (wall time per experiment day: median over days), ``cpu_s``, ``warmup_cpu_s`` and
+``day_cpu_s`` (the same in process CPU seconds, all threads: less sensitive to other processes
+than wall time), ``probe_s`` (median wall time of one day's probes, part of ``day_s``),
+``projected_wall_s`` / ``projected_cpu_s`` (a ``full`` figure run with fewer ``--days``:
+warm-up + 30 x the median day), ``requests_per_s`` and ``impressions_per_s`` (served requests /
+impressions of the experiment days over their wall time), ``peak_rss_gib``, the settings, and
+``load_avg_1m`` before and after (the machine is shared: numbers are only comparable at similar
+load).
+
+Probes: by default the loop's own expected-clicks probe (cheap); ``--probes daily`` runs every
+family of :class:`recsys_onpolicy.probes.DailyProbes` at the default ``ProbeConfig`` sizes
+(what the experiments run; at 1M users about 5 s a day, mostly the feedback regret over the
+whole day's log).
 
     python bench/scale.py                  # everything (hours on 2 cores)
     python bench/scale.py --quick          # the same figures, smaller: under 10 minutes
     python bench/scale.py --case full --regimes supervised_daily --days 1   # one full-size day
+    python bench/scale.py --case full --days 1 --probes daily   # ... with every daily probe
 
 Process settings (recorded in every line): children run with ``OMP_WAIT_POLICY=PASSIVE``
 unless the environment sets a policy (spinning OpenMP threads on a shared CPU slow everything
@@ -62,7 +72,7 @@ HUGETLB = "glibc.malloc.hugetlb=1"  # large allocations on huge pages (as bench/
 FULL = {"users": 1_000_000, "items": 100_000, "days": 30}
 GPU_USERS = 10_000_000
 SCALING_USERS = [10_000, 30_000, 100_000, 300_000, 1_000_000]
-# --quick: the same figures, smaller (about 7 minutes on the 2-core machine)
+# --quick: the same figures, smaller (about 1.5 minutes on the 2-core machine at load ~1.4)
 QUICK = {"users": 30_000, "items": 100_000, "days": 2}
 QUICK_GPU_USERS = 1_000_000
 QUICK_SCALING_USERS = [10_000, 30_000, 100_000, 300_000]
@@ -96,34 +106,48 @@ def measure(spec: dict) -> dict | None:
         torch.set_num_threads(spec["threads"])
     cfg = run_config(spec)
     stamps: list[float] = []
+    cpu_stamps: list[float] = []  # process CPU time (all threads), robust to a shared machine
+    probe_s: list[float] = []
     requests: list[int] = []
+    probe = loop.expected_clicks_probe
+    if spec.get("probes") == "daily":
+        from recsys_onpolicy.probes import DailyProbes
+
+        probe = DailyProbes()  # every probe family at the default ProbeConfig sizes
 
     def timed_probe(step: int, state) -> list[dict]:
-        rows = loop.expected_clicks_probe(step, state)
+        begin = time.perf_counter()
+        rows = probe(step, state)
         if state.world.device.type == "cuda":
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())
+        probe_s.append(stamps[-1] - begin)
         if step > 0:
             requests.append(len(state.log))
         return rows
 
     out = Path(spec.get("out") or tempfile.mkdtemp(prefix="scale-", dir=spec.get("tmp")))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         loop.run(cfg, out, probe_fn=timed_probe, progress=False, experiment="scale")
     finally:
         if is_main():
             shutil.rmtree(out, ignore_errors=True)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peaks = rss_per_rank()
     if not is_main():
         return None
     days = [b - a for a, b in itertools.pairwise(stamps)]  # (days,) incl. probe, checkpoint
+    day_cpu = [b - a for a, b in itertools.pairwise(cpu_stamps)]
     day_wall = sum(days)
     k = cfg.world.slate_size
     return {
         "wall_s": round(wall, 2), "warmup_s": round(stamps[0] - start, 2),
         "day_s": round(statistics.median(days), 3), "day_s_all": [round(d, 3) for d in days],
+        "cpu_s": round(cpu, 2), "warmup_cpu_s": round(cpu_stamps[0] - cpu_start, 2),
+        "day_cpu_s": round(statistics.median(day_cpu), 3),
+        "probe_s": round(statistics.median(probe_s[1:]), 3),
         "requests_per_day": round(statistics.mean(requests)),
         "requests_per_s": round(sum(requests) / day_wall, 1),
         "impressions_per_s": round(k * sum(requests) / day_wall, 1),
@@ -194,7 +218,7 @@ def emit(record: dict) -> None:
 
 
 def base_spec(args: argparse.Namespace) -> dict:
-    return {"warmup_days": args.warmup_days, "write_logs": not args.no_logs,
+    return {"warmup_days": args.warmup_days, "probes": args.probes, "write_logs": not args.no_logs,
             "checkpoint": not args.no_checkpoint, "threads": args.threads, "tmp": args.tmp,
             "nproc": args.nproc}
 
@@ -205,7 +229,17 @@ def bench_full(args: argparse.Namespace) -> None:
         spec = {"case": "full", "quick": args.quick, "regime": regime, "users": size["users"],
                 "items": size["items"], "days": args.days or size["days"], "device": "cpu",
                 **base_spec(args)}
-        emit(spawn(spec, args.timeout))
+        emit(with_projection(spawn(spec, args.timeout), size["days"]))
+
+
+def with_projection(record: dict, days: int) -> dict:
+    """A record of fewer days than the figure's gets ``projected_wall_s`` = warm-up + ``days``
+    x the median day (and the same in CPU seconds): what the whole figure would take."""
+    if "day_s" not in record or record["days"] >= days:
+        return record
+    return {**record, "projected_days": days,
+            "projected_wall_s": round(record["warmup_s"] + days * record["day_s"], 1),
+            "projected_cpu_s": round(record["warmup_cpu_s"] + days * record["day_cpu_s"], 1)}
 
 
 def bench_gpu(args: argparse.Namespace) -> None:
@@ -261,6 +295,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch threads in the children")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes per figure (torchrun, sharded tables); default 1")
+    p.add_argument("--probes", choices=["expected_clicks", "daily"], default="expected_clicks",
+                   help="probes after every day: the loop's expected-clicks probe (default) or "
+                        "every family of recsys_onpolicy.probes.DailyProbes at ProbeConfig "
+                        "defaults (what experiments run)")
     p.add_argument("--no-logs", action="store_true", help="do not write the Parquet logs")
     p.add_argument("--no-checkpoint", action="store_true", help="no daily checkpoints")
     p.add_argument("--timeout", type=float, help="seconds per figure")

@@ -25,6 +25,23 @@ The head (``W`` = head width, ``D`` = embedding dim)::
 which equals one linear layer over the concatenation of all those features followed by an MLP;
 the split only avoids repeating the user part C times.
 
+How it is computed (speed; the function is the one above, up to float rounding):
+
+- Per request the candidate term is regrouped as ``M [i, t]`` with one (W, 2D) matrix
+  ``M = [Bi + Bui diag(u) + Bhi diag(h) | Bt + But diag(u) + Bht diag(h)]``, so scoring C
+  candidates is one batched GEMM and no (B, C, 6D) product features exist (when C >= D;
+  below that, e.g. training on the K served items, the products are cheaper: :meth:`Scorer.head`).
+- Requests go through the head in chunks of ``HEAD_CHUNK_ROWS`` candidates, whose activations
+  stay in the CPU cache; without grad, :meth:`TrainableScorer.score` also cuts big batches into
+  pieces of ``SCORE_CHUNK_ROWS`` candidates (embedding lookups included).
+- :class:`SplitPooled` hands the head its inputs as views of the pooled embeddings and writes
+  their gradient into one buffer.
+
+Measured back to back against the plain concatenation head on the shared 2-core CPU machine
+(1M users x 100k items, D = 32, W = 64, C = 100, load ~1.7): scoring a serving batch of 4096
+requests 0.35 s -> 0.15 s wall (0.56 -> 0.20 CPU s); a GRPO update of 512 requests 0.093 s ->
+0.075 s (0.152 -> 0.099 CPU s); BCE training on served items (C = K = 10) unchanged.
+
 Id hashing (sparse capacity): a table with ``rows`` < ``n_ids`` maps an id ``x`` to
 ``((a * x + b) mod p) mod rows`` with ``p = 2**31 - 1`` (the Carter-Wegman universal family),
 with fixed, per-table constants ``a, b`` (so user and item collisions are unrelated). Unlike
@@ -71,6 +88,14 @@ HASH_CONSTANTS = {  # table -> (a, b); a are Fishman-Moore multipliers for p = 2
     "topic": (1_226_874_159, 13_579),
 }
 TABLES = ("user", "item", "topic")
+# Candidate rows (requests x C) per chunk of the dense head: about 2 MB of (rows, W=64) fp32
+# activations, which stay in a core's L2 cache (see Scorer.forward).
+HEAD_CHUNK_ROWS = 8192
+# Candidate rows per call of the model when scoring without grad (TrainableScorer.score).
+SCORE_CHUNK_ROWS = 51_200
+# Value written into the gradient rows of empty bags (SplitPooled.backward); None = leave them
+# unwritten. Tests set NaN to check that no kernel reads them.
+EMPTY_BAG_GRAD: float | None = None
 
 
 class ModelConfig(StrictModel):
@@ -167,7 +192,9 @@ class Scorer(nn.Module):
         self.n_ids = {"user": n_users, "item": n_items, "topic": n_topics}
         self.rows = table_rows(cfg, n_users, n_items, n_topics)
         d, w = cfg.embedding_dim, cfg.head_width
-        item_features = ["item", "history"] if cfg.history_bag else ["item"]
+        # Feature order user, history, item, topic: item and topic end up adjacent in the
+        # pooled output, so the head reads [i, t] as one view (SplitPooled).
+        item_features = ["history", "item"] if cfg.history_bag else ["item"]
         features = {"user": ["user"], "item": item_features, "topic": ["topic"]}
         self.ebc = EmbeddingBagCollection(
             tables=[
@@ -204,22 +231,58 @@ class Scorer(nn.Module):
         candidates (B,C) item ids, candidate_topics (B,C) -> click logits (B,C)."""
         check_inputs(users, history, candidates, candidate_topics, self.n_ids, self.cfg.history_bag)
         b, c = candidates.shape
-        d = self.cfg.embedding_dim
         kjt = request_features(users, history, candidates, candidate_topics, self.rows,
                                self.n_ids, self.cfg.history_bag)
-        pooled = self.ebc(kjt).to_dict()  # feature -> (B*C, D)
-        # The user-side bags sit in the first slot of each request (see request_features).
-        user_vecs = [pooled["user"].view(b, c, d)[:, 0]]  # (B, D)
-        if self.cfg.history_bag:
-            user_vecs.append(pooled["history"].view(b, c, d)[:, 0])  # (B, D)
-        item = pooled["item"].view(b, c, d)  # (B, C, D)
-        topic = pooled["topic"].view(b, c, d)  # (B, C, D)
-        cand = [item, topic]
-        for u in user_vecs:
-            cand += [u[:, None, :] * item, u[:, None, :] * topic]
-        z = self.user_in(torch.cat(user_vecs, dim=1))[:, None, :]  # (B, 1, W)
-        z = z + self.cand_in(torch.cat(cand, dim=2))  # (B, C, W)
-        return self.mlp(z).squeeze(-1)  # (B, C)
+        pooled = self.ebc(kjt)  # KeyedTensor: values (B*C, F*D), one D-block per feature
+        cols = feature_columns(pooled.keys(), pooled.length_per_key())
+        user_cols = [cols["user"], cols["history"]] if self.cfg.history_bag else [cols["user"]]
+        # Requests in chunks of about HEAD_CHUNK_ROWS candidates: each chunk's (b, C, W)
+        # activations stay in the CPU cache (measured ~4x faster than a whole serving batch).
+        per_chunk = max(1, HEAD_CHUNK_ROWS // c)
+        user, *cand = SplitPooled.apply(pooled.values(), b, c, user_cols,
+                                        [cols["item"], cols["topic"]], per_chunk)
+        parts = [self.head(u, it) for u, it in zip(user.split(per_chunk), cand)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)  # (B, C)
+
+    def head(self, user: torch.Tensor, item_topic: torch.Tensor) -> torch.Tensor:
+        """Click logits (b, C) of one chunk of requests from their user-side features user
+        (b, n_user*D) = [u, h] and candidate features item_topic (b, C, 2D) = [i, t].
+
+        The candidate part of the first layer, ``Bc [i, t, u*i, u*t, h*i, h*t]`` with
+        Bc = [Bi | Bt | Bui | But | Bhi | Bht] (D columns each), is computed one of two ways:
+
+        - C >= D (serving, GRPO: C = 100 candidates): regrouped per request as ``M [i, t]``
+          with ``M = [Bi + Bui diag(u) + Bhi diag(h) | Bt + But diag(u) + Bht diag(h)]``, one
+          (W, 2D) matrix per request, so a candidate costs one 2D x W product (one batched GEMM
+          per chunk) and no (b, C, 6D) products are built.
+        - C < D (supervised training on the K served items): building M costs more than the
+          few candidates it serves, so the products ``[i, t] * [u, u]`` (and h) are built and
+          multiplied by Bc^T in one GEMM.
+
+        Both are the same function up to float rounding (measured crossover: C ~ D).
+        """
+        d = self.cfg.embedding_dim
+        b, c, _ = item_topic.shape
+        wt = self.cand_in.weight.t()  # (n_cand*D, W): rows i, t, u*i, u*t[, h*i, h*t]
+        # [u, u] and [h, h]: each user vector against [i, t]
+        pairs = [user[:, k * d:(k + 1) * d].repeat(1, 2) for k in range(user.shape[1] // d)]
+        z0 = self.user_in(user)[:, None, :]  # (b, 1, W)
+        if c >= d:
+            m = wt[:2 * d]  # (2D, W); becomes (b, 2D, W): M^T of each request
+            for k, vec in enumerate(pairs):  # (b, 2D)
+                m = torch.addcmul(m, vec[:, :, None], wt[(2 + 2 * k) * d:(4 + 2 * k) * d])
+            z = torch.baddbmm(z0, item_topic, m)  # (b, C, W)
+        else:
+            feats = torch.cat([item_topic] + [item_topic * vec[:, None, :] for vec in pairs],
+                              dim=2)  # (b, C, n_cand*D)
+            z = (feats.flatten(0, 1) @ wt).view(b, c, wt.shape[1]) + z0  # (b, C, W)
+        # mlp = [ReLU, (Linear, ReLU) x (depth - 1), Linear]. The ReLUs work in place (no
+        # layer's backward needs its pre-ReLU output), on whole tensors only: in place on a
+        # view would make autograd copy the base in backward.
+        z = z.relu_().flatten(0, 1)  # (b*C, W)
+        for layer in list(self.mlp)[1:]:
+            z = z.relu_() if isinstance(layer, nn.ReLU) else layer(z)
+        return z.view(item_topic.shape[:2])  # (b, C)
 
     def table_shapes(self) -> dict[str, tuple[int, int]]:
         """(rows, D) of each table."""
@@ -228,6 +291,86 @@ class Scorer(nn.Module):
     def dense_named_parameters(self) -> dict[str, nn.Parameter]:
         """The head's parameters by name (everything outside the embedding tables)."""
         return {n: p for n, p in self.named_parameters() if not n.startswith("ebc.")}
+
+
+def feature_columns(keys: list[str], lengths: list[int]) -> dict[str, slice]:
+    """Columns of each feature in a pooled KeyedTensor's values (keys and widths in order)."""
+    out, start = {}, 0
+    for key, width in zip(keys, lengths):
+        out[key] = slice(start, start + width)
+        start += width
+    return out
+
+
+def merge_adjacent(slices: list[slice]) -> list[slice]:
+    """Column slices with touching neighbours joined ([0:4], [4:8] -> [0:8])."""
+    out = [slices[0]]
+    for sl in slices[1:]:
+        if out[-1].stop == sl.start:
+            out[-1] = slice(out[-1].start, sl.stop)
+        else:
+            out.append(sl)
+    return out
+
+
+class SplitPooled(torch.autograd.Function):
+    """Pooled features -> the head's inputs, with a backward that writes one gradient buffer.
+
+    ``apply(values (B*C, F*D), B, C, user_cols, cand_cols, per_chunk) -> (user, *cand)``:
+    ``user`` (B, sum of user_cols widths) = the user-side columns of each request's first slot
+    (a copy); ``cand`` = the candidate columns (b_k, C, sum of widths) of consecutive chunks of
+    ``per_chunk`` requests (views when the columns are adjacent, else copies).
+
+    Plain slicing would be correct too, but its backward builds a zero-filled (B*C, F*D)
+    tensor per slice and adds them up; this one fills one buffer once (profiled: about a
+    quarter of a GRPO update went to those fills, copies and sums).
+    """
+
+    @staticmethod
+    def forward(ctx, values, b, c, user_cols, cand_cols, per_chunk):
+        x = values.view(b, c, values.shape[1])  # (B, C, F*D)
+        user = torch.cat([x[:, 0, s] for s in user_cols], dim=1)  # (B, U)
+        merged = merge_adjacent(cand_cols)
+        cand = x[:, :, merged[0]] if len(merged) == 1 else torch.cat(
+            [x[:, :, s] for s in merged], dim=2)  # (B, C, 2D)
+        chunks = cand.split(per_chunk)
+        ctx.shape, ctx.user_cols, ctx.cand_cols = x.shape, user_cols, merged
+        ctx.chunk_rows = [part.shape[0] for part in chunks]
+        ctx.set_materialize_grads(False)
+        return (user, *chunks)
+
+    @staticmethod
+    def backward(ctx, g_user, *g_cand):
+        b, c, width = ctx.shape
+        ref = g_user if g_user is not None else next(g for g in g_cand if g is not None)
+        # (B, C, F*D). The user-side columns outside each request's first slot belong to
+        # empty bags, whose gradient rows the TBE backward never reads (tested with NaN
+        # there): they are left unwritten (a strided fill of B*(C-1)*2D floats, 2-8 ms of a
+        # ~75 ms GRPO update in profiles).
+        grad = ref.new_empty(b, c, width)
+        if EMPTY_BAG_GRAD is not None:
+            for s in merge_adjacent(ctx.user_cols):
+                grad[:, 1:, s] = EMPTY_BAG_GRAD
+        start = 0
+        for s in ctx.user_cols:
+            stop = start + s.stop - s.start
+            if g_user is None:
+                grad[:, 0, s].zero_()
+            else:
+                grad[:, 0, s] = g_user[:, start:stop]
+            start = stop
+        row = 0
+        for part, n in zip(g_cand, ctx.chunk_rows):
+            start = 0
+            for s in ctx.cand_cols:
+                stop = start + s.stop - s.start
+                if part is None:
+                    grad[row:row + n, :, s].zero_()
+                else:
+                    grad[row:row + n, :, s] = part[:, :, start:stop]
+                start = stop
+            row += n
+        return grad.view(b * c, width), None, None, None, None, None
 
 
 def check_inputs(
@@ -453,7 +596,23 @@ class TrainableScorer:
         """Click logits (B, C) for candidates (B, C) of requests by users (B,) with history
         (B, H) (-1 = padding). Inputs may live on any device; the output is on ``self.device``.
         Call under ``torch.no_grad()`` when serving. With several ranks each scores its block
-        of rows and all get all rows (a collective: every rank passes the same batch)."""
+        of rows and all get all rows (a collective: every rank passes the same batch).
+
+        Without grad (serving, probes) a big batch is scored in pieces of about
+        SCORE_CHUNK_ROWS candidates: the pooled embeddings of a whole serving batch are
+        hundreds of MB of fresh memory per call (measured faster in pieces). With grad it is
+        one call, so that one backward makes one fused sparse update."""
+        n, c = candidates.shape
+        per = max(1, SCORE_CHUNK_ROWS // max(1, c))
+        if n > per and not torch.is_grad_enabled():
+            return torch.cat([self._score(users[i:i + per], history[i:i + per],
+                                          candidates[i:i + per], candidate_topics[i:i + per])
+                              for i in range(0, n, per)])  # (B, C)
+        return self._score(users, history, candidates, candidate_topics)
+
+    def _score(self, users: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor,
+               candidate_topics: torch.Tensor) -> torch.Tensor:
+        """:meth:`score` of one piece."""
         dev = self.device
         if self.world_size == 1:
             return self.dmp(users.to(dev), history.to(dev), candidates.to(dev),

@@ -25,8 +25,9 @@ from __future__ import annotations
 import torch
 
 from recsys_onpolicy import metrics
+from simulators import choice
 from simulators.day import DayLog
-from simulators.ground_truth import expected_clicks, oracle_slate
+from simulators.ground_truth import attraction_logits, expected_clicks, oracle_slate
 from simulators.world import World
 
 
@@ -45,11 +46,22 @@ def catalogue_size(world: World, day: int) -> int:
 
 @torch.no_grad()
 def served_and_oracle_clicks(world: World, users: torch.Tensor, candidates: torch.Tensor,
-                             items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                             items: torch.Tensor, slates: torch.Tensor | None = None,
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Expected clicks (B,), (B,) under ``world`` of the served slates ``items`` (B, K) and of
-    the oracle slates over the same ``candidates`` (B, C), for ``users`` (B,)."""
-    best = candidates.gather(1, oracle_slate(world, users, candidates))  # (B, K) item ids
-    return expected_clicks(world, users, items), expected_clicks(world, users, best)
+    the oracle slates over the same ``candidates`` (B, C), for ``users`` (B,).
+
+    With ``slates`` (B, K), the served items' positions in ``candidates``, both slates read the
+    attraction logits of one pass over the candidates (the oracle needs them all anyway)
+    instead of recomputing them for each slate's items."""
+    if slates is None or not torch.equal(candidates.gather(1, slates), items):
+        best = candidates.gather(1, oracle_slate(world, users, candidates))  # (B, K) item ids
+        return expected_clicks(world, users, items), expected_clicks(world, users, best)
+    logits = attraction_logits(world, users, candidates)  # (B, C)
+    best = logits.topk(world.cfg.slate_size, dim=1, sorted=True).indices  # as oracle_slate
+    clicks = [choice.click_probs(world.cfg.choice, logits.gather(1, pos)).sum(dim=1)
+              for pos in (slates, best)]  # (B,) each, as ground_truth.expected_clicks
+    return clicks[0], clicks[1]
 
 
 @torch.no_grad()
@@ -75,11 +87,12 @@ def feedback_metrics(log: DayLog, world: World, truth: World | None = None,
     ild, served, oracle = 0.0, [], []
     for i in range(0, rows, batch_size):
         part = slice(i, i + batch_size)
-        users, cand, items = (t[part].to(dev) for t in (log.users, log.candidates, log.items))
+        users, cand, items, slates = (t[part].to(dev) for t in (
+            log.users, log.candidates, log.items, log.slates))
         if k >= 2:  # mean over slates: chunks weigh by their share of rows
             emb = world.items.emb[items.to(world.device)]  # (b, K, D)
             ild += users.shape[0] / rows * metrics.intra_list_diversity(emb)
-        s, o = served_and_oracle_clicks(truth, users, cand, items)
+        s, o = served_and_oracle_clicks(truth, users, cand, items, slates)
         served.append(s)
         oracle.append(o)
     active = torch.nonzero(world.users.active).squeeze(1)

@@ -101,10 +101,13 @@ def update(ctx: TrainContext, requests: Requests) -> SlateBatch:
     """Sample G slates per request from the current policy, get rewards, and take ``epochs``
     gradient steps on them. Returns the sampled slates and rewards (the companion's traces)."""
     r, t = ctx.regime, ctx.temperature
+    # One forward per request (B, C) serves the sampling, the old log-probabilities and the
+    # first step's gradient; pi_0 is scored only when the KL term needs it (beta > 0).
     scores = ctx.policy_scores(requests)  # (B, C), with grad for the first step
     data = sampled_data(ctx.world, requests, scores, r.group_size, t, r.reward, ctx.gen)
     slates = data.slates.to(scores.device)  # (B, G, K)
-    logp_old = slate_log_prob(scores.detach(), slates, t).reshape(-1)  # (B*G,)
+    logp = slate_log_prob(scores, slates, t).reshape(-1)  # (B*G,) of all G slates at once
+    logp_old = logp.detach()  # the sampling policy's (PPO's ratio)
     adv = advantages(data.rewards, r).to(scores.device).reshape(-1)  # (B*G,)
     logp_ref = None
     if r.beta > 0:
@@ -115,7 +118,7 @@ def update(ctx: TrainContext, requests: Requests) -> SlateBatch:
     for epoch in range(r.epochs):
         if epoch > 0:
             scores = ctx.policy_scores(requests)
-        logp = slate_log_prob(scores, slates, t).reshape(-1)  # (B*G,)
+            logp = slate_log_prob(scores, slates, t).reshape(-1)  # (B*G,)
         loss, kl = pg_loss(logp, logp_old, adv, logp_ref, r)
         ctx.policy.step(loss)
         ctx.stats.add_update(loss, kl)

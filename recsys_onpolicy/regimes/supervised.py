@@ -17,6 +17,8 @@ How this differs from the papers (Chen et al. 2025 compare SFT on a teacher's an
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import torch
 
 from recsys_onpolicy.objectives import pointwise_bce
@@ -29,10 +31,13 @@ def bce_loss(logits: torch.Tensor, clicks: torch.Tensor) -> torch.Tensor:
     return pointwise_bce(logits.reshape(-1), clicks.to(logits.device).reshape(-1))
 
 
-def served_logits(ctx: TrainContext, log: Requests) -> torch.Tensor:
+def served_logits(ctx: TrainContext, log: Requests,
+                  topics: torch.Tensor | None = None) -> torch.Tensor:
     """Click logits (B, K) of the served items only (the model scores any item list, so the
-    other C - K candidates are not scored: K/C of the work), on the world's device."""
-    topics = log.candidate_topics.gather(1, log.slates)  # (B, K)
+    other C - K candidates are not scored: K/C of the work), on the world's device.
+    ``topics`` (B, K): the served items' topics, when already known."""
+    if topics is None:
+        topics = log.candidate_topics.gather(1, log.slates)  # (B, K)
     logits = ctx.policy.score(log.users, log.history, log.items, topics)
     return logits.to(ctx.world.device)
 
@@ -41,9 +46,29 @@ def train_supervised(ctx: TrainContext, log: Requests) -> None:
     """``epochs`` passes over the logged impressions of ``log`` in random minibatches."""
     data = logged_data(log, ctx.regime.reward)
     ctx.stats.add_slates(data.rewards)
+    # The fields a step reads, indexed per minibatch (cheaper than selecting whole log rows).
+    # Topics of the served candidates only: the log's (R, C) candidate_topics would be
+    # hundreds of MB for a day of a million users.
+    topics = log.item_topic[log.candidates.gather(1, log.slates)]  # (R, K)
+    served = ServedImpressions(log.users, log.history, log.items, topics, log.clicks)
     for _ in range(ctx.regime.epochs):
         for idx in minibatches(len(log), ctx.batch_size, ctx.gen):
-            batch = log.select(idx)
-            loss = bce_loss(served_logits(ctx, batch), batch.clicks)  # (b, K) impressions
+            batch = served.select(idx)
+            loss = bce_loss(served_logits(ctx, batch, batch.topics), batch.clicks)  # (b, K)
             ctx.policy.step(loss)
             ctx.stats.add_update(loss)
+
+
+@dataclass
+class ServedImpressions:
+    """What a BCE step reads of logged requests: users (R,), history (R, H), served items
+    (R, K), their topics (R, K) and clicks (R, K)."""
+
+    users: torch.Tensor
+    history: torch.Tensor
+    items: torch.Tensor
+    topics: torch.Tensor
+    clicks: torch.Tensor
+
+    def select(self, idx: torch.Tensor) -> ServedImpressions:
+        return ServedImpressions(*(getattr(self, f.name)[idx] for f in fields(self)))

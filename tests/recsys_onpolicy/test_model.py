@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recsys_onpolicy import model as model_module
 from recsys_onpolicy.model import (
     ModelConfig,
     Scorer,
@@ -37,20 +38,24 @@ def batch(gen: torch.Generator, b: int = 6, c: int = 4, h: int = 5):
 def reference_logits(scorer: Scorer, users, history, cands, topics) -> torch.Tensor:
     """The head written out by hand from the module docstring, one request at a time."""
     eb = scorer.ebc.embedding_bags
-    out = torch.empty(cands.shape)
+    rows = []
     lin = lambda m, x: x @ m.weight.T + (m.bias if m.bias is not None else 0)
     for r in range(cands.shape[0]):
-        u = eb["user"].weight[users[r]]
-        ids = [x for x in history[r].tolist() if x >= 0]
-        h = eb["item"].weight[ids].mean(0) if ids else torch.zeros_like(u)
+        user_vecs = [eb["user"].weight[users[r]]]
+        if scorer.cfg.history_bag:
+            ids = [x for x in history[r].tolist() if x >= 0]
+            user_vecs.append(eb["item"].weight[ids].mean(0) if ids
+                             else torch.zeros_like(user_vecs[0]))
+        row = []
         for j in range(cands.shape[1]):
             i, t = eb["item"].weight[cands[r, j]], eb["topic"].weight[topics[r, j]]
-            z = lin(scorer.user_in, torch.cat([u, h])) + lin(
-                scorer.cand_in, torch.cat([i, t, u * i, u * t, h * i, h * t]))
+            feats = [i, t] + [x for v in user_vecs for x in (v * i, v * t)]
+            z = lin(scorer.user_in, torch.cat(user_vecs)) + lin(scorer.cand_in, torch.cat(feats))
             for layer in scorer.mlp:
                 z = torch.relu(z) if isinstance(layer, torch.nn.ReLU) else lin(layer, z)
-            out[r, j] = z.squeeze()
-    return out
+            row.append(z.squeeze())
+        rows.append(torch.stack(row))
+    return torch.stack(rows)  # (B, C), differentiable w.r.t. every parameter
 
 
 # ---- config -------------------------------------------------------------------------------
@@ -108,14 +113,51 @@ def test_hashed_users_share_a_row():
 
 
 # ---- the scorer ---------------------------------------------------------------------------
-def test_forward_matches_hand_written_head():
-    scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
-    x = batch(torch.Generator().manual_seed(1))
+# c = 4 < D = 8 takes the head's product-feature path, c = 12 >= D the per-request-matrix path;
+# chunk_rows = 20 splits 7 requests into several head chunks (Scorer.forward).
+HEAD_CASES = [(4, 8192), (12, 8192), (4, 20), (12, 20)]
+
+
+@pytest.mark.parametrize("history_bag", [True, False])
+@pytest.mark.parametrize("c, chunk_rows", HEAD_CASES)
+def test_forward_matches_hand_written_head(c, chunk_rows, history_bag, monkeypatch):
+    monkeypatch.setattr(model_module, "HEAD_CHUNK_ROWS", chunk_rows)
+    cfg = CPU.model_copy(update={"history_bag": history_bag})
+    scorer = build_scorer(cfg, U, I, T, torch.Generator().manual_seed(0))
+    x = batch(torch.Generator().manual_seed(1), b=7, c=c)
     x[1][0] = -1  # a request with an empty history
     with torch.no_grad():
         got, want = scorer(*x), reference_logits(scorer, *x)
-    assert got.shape == (6, 4)
+    assert got.shape == (7, c)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("c, chunk_rows", HEAD_CASES)
+def test_gradients_match_hand_written_head(c, chunk_rows, monkeypatch):
+    """Every parameter's gradient (tables included: a plain Scorer has dense table grads)
+    equals autograd through the hand-written head, through the regrouped first layer, the
+    chunks and SplitPooled's backward."""
+    monkeypatch.setattr(model_module, "HEAD_CHUNK_ROWS", chunk_rows)
+    scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    x = batch(torch.Generator().manual_seed(1), b=7, c=c)
+    weights = torch.randn(7, c, generator=torch.Generator().manual_seed(2))
+
+    def grads(fn) -> dict[str, torch.Tensor]:
+        scorer.zero_grad(set_to_none=True)
+        (fn(*x) * weights).sum().backward()
+        return {n: p.grad.clone() for n, p in scorer.named_parameters() if p.grad is not None}
+
+    got, want = grads(scorer), grads(lambda *a: reference_logits(scorer, *a))
+    assert set(got) == set(want) == {n for n, _ in scorer.named_parameters()}
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_merge_adjacent_and_feature_columns():
+    assert model_module.feature_columns(["user", "history", "item"], [8, 8, 8]) == {
+        "user": slice(0, 8), "history": slice(8, 16), "item": slice(16, 24)}
+    assert model_module.merge_adjacent([slice(0, 4), slice(4, 8), slice(12, 16)]) == [
+        slice(0, 8), slice(12, 16)]
 
 
 def test_history_padding_is_ignored_wherever_it_sits():
@@ -213,6 +255,37 @@ def test_fused_sparse_update_touches_only_looked_up_rows(optimizer):
         mask = torch.zeros(I, dtype=torch.bool)
         mask[touched["item"]] = True
         assert torch.equal(per_row > 0, mask)
+
+
+@pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "sgd"])
+def test_gradient_rows_of_empty_bags_are_never_read(optimizer, monkeypatch):
+    """SplitPooled leaves the gradient rows of the empty user-side bags unwritten; NaN there
+    must give bit-identical training (the TBE backward reads only rows of non-empty bags)."""
+    cfg = CPU.model_copy(update={"sparse_optimizer": optimizer})
+    x = batch(torch.Generator().manual_seed(1), b=6, c=12)
+    clicks = torch.bernoulli(torch.full((6, 12), 0.3), generator=torch.Generator().manual_seed(2))
+    states = []
+    for fill in (0.0, float("nan")):
+        monkeypatch.setattr(model_module, "EMPTY_BAG_GRAD", fill)
+        model = TrainableScorer(cfg, U, I, T, torch.Generator().manual_seed(0))
+        for _ in range(2):
+            model.step(pointwise_bce(model.score(*x).flatten(), clicks.flatten()))
+        states.append(model.state_dict())
+    zero, nan = states
+    for k, v in zero["model"].items():
+        assert torch.equal(v, nan["model"][k]), k
+    for param, entries in zero["sparse_optimizer"].items():
+        for k, v in entries.items():
+            assert torch.equal(v, nan["sparse_optimizer"][param][k]), (param, k)
+
+
+def test_scoring_without_grad_in_pieces_equals_one_call(monkeypatch):
+    model = TrainableScorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    x = batch(torch.Generator().manual_seed(1), b=7, c=12)
+    whole = model.score(*x).detach()  # with grad: always one call
+    monkeypatch.setattr(model_module, "SCORE_CHUNK_ROWS", 24)  # pieces of 2 requests
+    with torch.no_grad():
+        torch.testing.assert_close(model.score(*x), whole, rtol=1e-6, atol=1e-7)
 
 
 def test_supervised_steps_lower_the_loss():

@@ -34,6 +34,7 @@ from recsys_onpolicy.probes import (
     soft_label_auc,
     user_rows,
 )
+from recsys_onpolicy.probes.feedback import served_and_oracle_clicks
 from recsys_onpolicy.results import metric_rows, to_frame
 from recsys_onpolicy.slate_policy import slate_log_prob
 from simulators import ground_truth
@@ -346,6 +347,21 @@ def test_regret_is_zero_for_oracle_slates_and_positive_otherwise():
         world.cfg.slate_size, dim=1).indices
     bad = feedback_metrics(day_log(world, users, worst, candidates=req.candidates), world)
     assert bad["feedback/regret"] > 0.05
+
+
+def test_served_and_oracle_clicks_from_one_pass_match_the_ground_truth():
+    world = tiny_world()
+    users = torch.arange(20)
+    cand = make_requests(world, users, make_generator(9)).candidates
+    slates = torch.randperm(cand.shape[1], generator=make_generator(1))[:world.cfg.slate_size]
+    slates = slates.expand(20, -1).contiguous()
+    items = cand.gather(1, slates)
+    fast = served_and_oracle_clicks(world, users, cand, items, slates)
+    best = cand.gather(1, ground_truth.oracle_slate(world, users, cand))
+    for got, want in zip(fast, (ground_truth.expected_clicks(world, users, items),
+                                ground_truth.expected_clicks(world, users, best))):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(served_and_oracle_clicks(world, users, cand, items), fast)
 
 
 def test_homogenisation_of_identical_and_opposite_users():
