@@ -751,14 +751,19 @@ class TrainableScorer:
                               f"sparse_optimizer.{param}")
 
 
-def _copy_regions(live: dict, saved: dict[str, torch.Tensor], where: str) -> None:
-    """Copy whole saved tensors into the live (possibly sharded) entries this rank holds."""
+def _check_keys(live: dict, saved: dict, where: str) -> None:
+    """Raise ValueError naming the missing / unexpected entries when the key sets differ."""
     if set(live) != set(saved):
         raise ValueError(
             f"{where}: saved keys differ from the model's: missing {sorted(set(live) - set(saved))},"
             f" unexpected {sorted(set(saved) - set(live))} (was the checkpoint made with "
             "another ModelConfig or world?)"
         )
+
+
+def _copy_regions(live: dict, saved: dict[str, torch.Tensor], where: str) -> None:
+    """Copy whole saved tensors into the live (possibly sharded) entries this rank holds."""
+    _check_keys(live, saved, where)
     for k, v in live.items():
         if tuple(saved[k].shape) != tuple(v.size()):
             raise ValueError(
@@ -783,12 +788,7 @@ def _clone_tree(tree):
 
 def _copy_into(live: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], where: str) -> None:
     """Copy ``saved`` into ``live`` tensor by tensor; key or shape mismatches name the entry."""
-    if set(live) != set(saved):
-        raise ValueError(
-            f"{where}: saved keys differ from the model's: missing {sorted(set(live) - set(saved))},"
-            f" unexpected {sorted(set(saved) - set(live))} (was the checkpoint made with "
-            "another ModelConfig or world?)"
-        )
+    _check_keys(live, saved, where)
     for k, v in live.items():
         if tuple(saved[k].shape) != tuple(v.shape):
             raise ValueError(
