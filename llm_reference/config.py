@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -30,15 +30,7 @@ from simulators.typed_config import (
 Preset = Literal[
     "teacher_sft", "self_sft", "iterative_sft", "reinforce", "grpo", "grpo_kl", "sft_on_rl_traces"
 ]
-PRESETS: tuple[str, ...] = (
-    "teacher_sft",
-    "self_sft",
-    "iterative_sft",
-    "reinforce",
-    "grpo",
-    "grpo_kl",
-    "sft_on_rl_traces",
-)
+PRESETS: tuple[str, ...] = get_args(Preset)
 NonTargetTask = Literal["addition", "reversal", "sorting", "copying"]
 
 PRESET_SETTINGS: dict[str, dict[str, Any]] = {

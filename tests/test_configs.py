@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import torch
 from PIL import Image
 
 from recsys_onpolicy import cli
@@ -52,15 +51,6 @@ TINY = [
     "run.serve_batch_size=256", "run.train_batch_size=32", "run.probe_requests=20",
     "probes.users_per_cohort=10", "seeds=1", "jobs=1",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run much faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rel(path: Path) -> str:

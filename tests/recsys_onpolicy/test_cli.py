@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import torch
 import yaml
 from PIL import Image
 from polars.testing import assert_frame_equal
@@ -43,15 +42,6 @@ TINY = {
     "probes": {"users_per_cohort": 15},
 }
 SWEEP = {"regimes": ["supervised_daily"], "trials": 1, "lr_low": 1e-4, "lr_high": 1e-2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run much faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_config(folder: Path, data: dict = TINY, name: str = "tiny.yaml") -> Path:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
 from polars.testing import assert_frame_equal
 
 from recsys_onpolicy.experiment import (
@@ -30,15 +29,6 @@ RUN = {
     "serve_batch_size": 256, "train_batch_size": 32, "probe_requests": 20,
     "warmup": {"days": 1},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run much faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def experiment(**fields) -> RecsysExperiment:

@@ -26,15 +26,6 @@ from simulators.presets import tiny
 from simulators.rng import make_generator
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run ~20x faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_run(regime, days: int = 2, **over) -> RecsysRunConfig:
     """300 users (2 cohorts, all active daily), C = 20, K = 5, a D = 8 model; cohort 1 leaves
     the training stream from day 1."""

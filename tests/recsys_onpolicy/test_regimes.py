@@ -34,15 +34,6 @@ from simulators.typed_config import ConfigError
 from simulators.world import make_world
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors on a shared 2-core machine run far faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- config ----------------------------------------------------------------------------------
 
 

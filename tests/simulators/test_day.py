@@ -208,15 +208,6 @@ def world_for(case, seed):
         "fatigue": {"enabled": True}, "retention": {"enabled": True}})
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread (small ops under OpenMP on a busy 2-core machine take milliseconds)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("case", ["mnl", "pbm", "cascade", "recsim"])
 def test_prefetch_gives_bit_identical_days(case, one_thread):
     """Requests prepared ahead in a second thread: same logs, same state, streaming included."""
