@@ -15,6 +15,7 @@ Example::
 
     python bench/train.py                 # 1M users x 100k items, D = 32
     python bench/train.py --quick         # small, seconds
+    python bench/train.py --regime grpo   # one figure only
 
 Prints e.g. ``{"bench": "train", "regime": "supervised_daily", "device": "cpu", "users":
 1000000, "items": 100000, "dim": 32, "impressions_per_s": ...}``, with the 1-minute load
@@ -174,6 +175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group-size", type=int, default=5, help="grpo: slates G per request")
     p.add_argument("--grpo-requests", type=int, default=512, help="grpo: requests per update")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--regime", choices=["supervised_daily", "grpo"], action="append",
+                   help="figures to run (repeatable; default: both)")
     p.add_argument("--quick", action="store_true", help="small model and few steps (seconds)")
     args = p.parse_args(argv)
     if args.quick:
@@ -185,7 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    for figure in (bench_supervised(args), bench_grpo(args)):
+    benches = {"supervised_daily": bench_supervised, "grpo": bench_grpo}
+    for regime in args.regime or list(benches):
+        figure = benches[regime](args)
         if figure is not None:
             print(json.dumps(figure), flush=True)
 

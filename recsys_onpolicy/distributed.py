@@ -19,25 +19,35 @@ materialises a table-sized gradient.
 - :func:`from_main`: run something on rank 0 only (reading a file) and broadcast the result.
 
 How a run uses several processes (the daily loop is unchanged; see :mod:`recsys_onpolicy.loop`):
-every rank holds the same world and the same generators and runs the same code, so every
-random draw, every served slate and every state update is the same on every rank. Only the
-model's work is split: a batch of B requests is cut into ``ceil(B / world)`` contiguous rows
-per rank, each rank scores its rows through the sharded model, and :func:`gather_rows` gives
-every rank all B rows. The loss computed from them is then the same on every rank, so the
-gradient of each rank's rows is the one-process gradient of those rows. torchrec and DDP
-*average* the ranks' gradients (torchrec's all-to-all backward divides table gradients by the
-world size, DDP divides dense ones), so :func:`gather_rows` passes back world x the rows'
-gradient: the average of that is the sum over ranks, the one-process gradient of the whole
-batch. The training step is then the one-process step up to the order of float additions
-(world x g / world is exact for a power-of-two world size).
+every rank holds the same world and the same generators.
 
-Why the world is replicated rather than split by users: (1) every random draw is the one a
-single process makes, so a run's results do not depend on the number of processes (up to float
-rounding: tested), and a checkpoint of N processes resumes in M; (2) the model is the cost: at
-10^5 users on CPU, scoring the C = 100 candidates of the served requests took 17.8 s of an
-18.7 s simulated day and training 1.8 s, the simulator itself about 0.9 s; (3) the simulator
-stays as it is. The price: the simulator's work and the world's memory are not divided among
-the ranks (each holds the whole world), and neither is the frozen pi_0 used for KL terms.
+- **Simulating and serving: each rank its own users** (:mod:`simulators.shard`,
+  :func:`user_shard`). Rank r serves and simulates the requests of the users ``u % world == r``
+  with its own streams for candidates, served slates and clicks; the model scores each rank's
+  own requests (``TrainableScorer.score(..., local=True)``: the tables' collectives, no row
+  gather). After every served batch the ranks exchange their log rows and their users' new
+  state, so each rank again holds the whole world and the batch's whole log.
+- **Training and probing: one batch, the model's work split.** Every rank holds the same
+  day's log and the same training generator, so every rank trains on the same batches: a batch
+  of B requests is cut into ``ceil(B / world)`` contiguous rows per rank, each rank scores its
+  rows through the sharded model, and :func:`gather_rows` gives every rank all B rows. The loss
+  computed from them is then the same on every rank, so the gradient of each rank's rows is
+  the one-process gradient of those rows. torchrec and DDP *average* the ranks' gradients
+  (torchrec's all-to-all backward divides table gradients by the world size, DDP divides dense
+  ones), so :func:`gather_rows` passes back world x the rows' gradient: the average of that is
+  the sum over ranks, the one-process gradient of the whole batch. A training step is then the
+  one-process step up to the order of float additions (tested). The probes work the same way.
+
+What follows: everything drawn from the shared streams (who requests when, in which order; the
+world's end-of-day dynamics; training's minibatches and sampled slates) is what one process
+draws; what each rank draws for its own users has the one-process distribution but not its
+values, so an N-process run is another sample of the same experiment, not a copy of the
+one-process run (tested within a stated tolerance). A run with a given N is deterministic, and
+the checkpoint holds only shared state (whole tables, the world, the shared generators: the
+ranks' own streams are split off them every day), so a checkpoint of N processes resumes in M.
+The price of keeping the whole world on every rank: the world's memory is not divided (0.36 GiB
+of user state per million users of the default latent world), nor is the frozen pi_0 used for
+KL terms; the model's tables are.
 """
 from __future__ import annotations
 
@@ -54,6 +64,8 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed import DistributedModelParallel, comm_ops
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingEnv, ShardingPlan
+
+from simulators.shard import UserShard
 
 FUSED_OPTIMIZERS = {
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
@@ -99,6 +111,11 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank in the default group (0 without one)."""
     return dist.get_rank() if dist.is_initialized() else 0
+
+
+def user_shard() -> UserShard | None:
+    """This rank's slice of the users (:mod:`simulators.shard`); None with one process."""
+    return UserShard(rank(), world_size()) if world_size() > 1 else None
 
 
 def is_main() -> bool:

@@ -30,11 +30,14 @@ updates / training slates); ``probe_fn(step, state) -> rows`` adds the rest. The
 ``heldout`` groups.
 
 Several processes (``torchrun``, ``recsys-onpolicy run --nproc N``): every rank runs this same
-loop on the same world with the same generators; the model's work is split among the ranks
-inside :class:`~recsys_onpolicy.model.TrainableScorer` (see :mod:`recsys_onpolicy.distributed`),
-so every rank serves, simulates, trains and probes identically. Rank 0 alone touches files: it
-writes the run folder (the same files as one process; checkpoints hold whole tables) and reads
-pi_0 and checkpoints back, broadcasting them to the other ranks, which write nothing.
+loop on the same world; each rank serves and simulates its own users' requests (a
+:class:`~simulators.shard.UserShard` passed to ``simulate_day``, with the serving stream split
+per rank every day) and every rank then holds the whole day's log, on which all ranks train
+together with the model's work split (see :mod:`recsys_onpolicy.distributed`). Rank 0 alone
+touches files: it writes the run folder (the same files as one process; checkpoints hold whole
+tables) and reads pi_0 and checkpoints back, broadcasting them to the other ranks, which write
+nothing. pi_0's warm-up is not split (its logs are uniform-random), so every N starts from the
+same pi_0.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ from recsys_onpolicy.distributed import (
     from_main,
     is_main,
     under_torchrun,
+    user_shard,
     world_size,
 )
 from recsys_onpolicy.model import ModelConfig, Scorer, TrainableScorer, build_scorer
@@ -141,14 +145,19 @@ ProbeFn = Callable[[int, RunState], list[dict]]
 
 # ---- serving -------------------------------------------------------------------------------
 
-def serving_policy(model, world: World, temperature: float, gen: torch.Generator):
+def serving_policy(model, world: World, temperature: float, gen: torch.Generator,
+                   local: bool = False):
     """The served policy: one Plackett-Luce slate per request over the model's scores at
-    ``temperature``, with its exact log-probability as the logged propensity."""
+    ``temperature``, with its exact log-probability as the logged propensity. ``local``: each
+    rank serves its own requests (:mod:`simulators.shard`; ``TrainableScorer.score``)."""
     k = world.cfg.slate_size
 
     def policy(requests: Requests) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            scores = model.score_requests(requests).to(world.device)  # (B, C)
+            if local:
+                scores = model.score_requests(requests, local=True).to(world.device)  # (B, C)
+            else:
+                scores = model.score_requests(requests).to(world.device)  # (B, C)
             slates = sample_slates(scores, k, gen, temperature)  # (B, K)
             return slates, slate_log_prob(scores, slates, temperature)  # (B, K), (B,)
 
@@ -313,14 +322,17 @@ def run_day(state: RunState, out: Path) -> None:
     if cfg.removal.cohorts and day >= cfg.removal.from_day:
         removed = torch.tensor(cfg.removal.cohorts, device=state.world.device)
     ctx = train_context(state)
-    serve = serving_policy(state.policy, state.world, cfg.serving_temperature, state.gens["serve"])
+    shard = user_shard()  # None in one process
+    serve_gen = state.gens["serve"] if shard is None else shard.fork(state.gens["serve"])
+    serve = serving_policy(state.policy, state.world, cfg.serving_temperature, serve_gen,
+                           local=shard is not None)
     streaming = cfg.regime.cadence == "streaming"
 
     def on_batch(batch: DayLog) -> None:
         train_on(ctx, training_requests(batch, removed))
 
     log = simulate_day(state.world, serve, state.gens["world"], cfg.serve_batch_size,
-                       on_batch if streaming else None)
+                       on_batch if streaming else None, shard=shard)
     if cfg.write_logs and len(log) and is_main():
         write_day(day_log_to_frame(log), out / "logs")
     if not streaming:

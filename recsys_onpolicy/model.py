@@ -592,27 +592,62 @@ class TrainableScorer:
         history: torch.Tensor,
         candidates: torch.Tensor,
         candidate_topics: torch.Tensor,
+        *,
+        local: bool = False,
     ) -> torch.Tensor:
         """Click logits (B, C) for candidates (B, C) of requests by users (B,) with history
         (B, H) (-1 = padding). Inputs may live on any device; the output is on ``self.device``.
-        Call under ``torch.no_grad()`` when serving. With several ranks each scores its block
-        of rows and all get all rows (a collective: every rank passes the same batch).
+        Call under ``torch.no_grad()`` when serving.
+
+        With several ranks this is a collective, in one of two ways:
+
+        - ``local=False`` (training, probes): every rank passes the same batch; each scores its
+          block of rows and all get all rows back (:func:`recsys_onpolicy.distributed.
+          gather_rows`), so a training step is the one-process step up to float rounding.
+        - ``local=True`` (serving a rank's own users, :mod:`simulators.shard`): every rank
+          passes its own batch (any size, maybe empty) and gets its own rows' scores; the
+          ranks pad to the largest batch so that they make the same calls.
 
         Without grad (serving, probes) a big batch is scored in pieces of about
         SCORE_CHUNK_ROWS candidates: the pooled embeddings of a whole serving batch are
         hundreds of MB of fresh memory per call (measured faster in pieces). With grad it is
         one call, so that one backward makes one fused sparse update."""
         n, c = candidates.shape
+        total = n
+        if self.world_size > 1 and local:
+            total = self._agree_rows(n)
+            if total > n:  # pad with copies of a dummy request (scores cut off below)
+                users, history, candidates, candidate_topics = (
+                    _pad_rows(t, total, fill) for t, fill in
+                    ((users, 0), (history, -1), (candidates, 0), (candidate_topics, 0)))
+        piece = self._score if not local else self._score_local
         per = max(1, SCORE_CHUNK_ROWS // max(1, c))
-        if n > per and not torch.is_grad_enabled():
-            return torch.cat([self._score(users[i:i + per], history[i:i + per],
-                                          candidates[i:i + per], candidate_topics[i:i + per])
-                              for i in range(0, n, per)])  # (B, C)
-        return self._score(users, history, candidates, candidate_topics)
+        if total > per and not torch.is_grad_enabled():
+            out = torch.cat([piece(users[i:i + per], history[i:i + per], candidates[i:i + per],
+                                   candidate_topics[i:i + per])
+                             for i in range(0, total, per)])  # (total, C)
+        elif total == 0:
+            out = torch.zeros((0, c), device=self.device)
+        else:
+            out = piece(users, history, candidates, candidate_topics)
+        return out[:n]
+
+    def _agree_rows(self, n: int) -> int:
+        """The largest batch any rank passed (a collective)."""
+        t = torch.tensor([n], dtype=torch.long)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.pg)
+        return int(t.item())
+
+    def _score_local(self, users: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor,
+                     candidate_topics: torch.Tensor) -> torch.Tensor:
+        """Scores of this rank's own rows (the tables' collectives, no row gather)."""
+        dev = self.device
+        return self.dmp(users.to(dev), history.to(dev), candidates.to(dev),
+                        candidate_topics.to(dev))
 
     def _score(self, users: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor,
                candidate_topics: torch.Tensor) -> torch.Tensor:
-        """:meth:`score` of one piece."""
+        """:meth:`score` of one piece of a batch every rank passes."""
         dev = self.device
         if self.world_size == 1:
             return self.dmp(users.to(dev), history.to(dev), candidates.to(dev),
@@ -625,10 +660,11 @@ class TrainableScorer:
                          candidate_topics[rows].to(dev))  # (per, C)
         return gather_rows(local, n, self.pg)  # (n, C)
 
-    def score_requests(self, batch) -> torch.Tensor:
+    def score_requests(self, batch, *, local: bool = False) -> torch.Tensor:
         """:meth:`score` on anything with ``users, history, candidates, candidate_topics``
         attributes (``simulators.day.Requests``, ``DayLog``)."""
-        return self.score(batch.users, batch.history, batch.candidates, batch.candidate_topics)
+        return self.score(batch.users, batch.history, batch.candidates, batch.candidate_topics,
+                          local=local)
 
     def step(self, loss: torch.Tensor) -> None:
         """Backward (fused sparse updates happen here) and one Adam step on the dense head."""
@@ -749,6 +785,12 @@ class TrainableScorer:
             for param, entries in held.items():
                 _copy_regions(entries, state["sparse_optimizer"].get(param, {}),
                               f"sparse_optimizer.{param}")
+
+
+def _pad_rows(t: torch.Tensor, rows: int, fill: int) -> torch.Tensor:
+    """``t`` (n, ...) followed by rows of ``fill`` up to (rows, ...)."""
+    pad = t.new_full((rows - t.shape[0], *t.shape[1:]), fill)
+    return torch.cat([t, pad])
 
 
 def _check_keys(live: dict, saved: dict, where: str) -> None:

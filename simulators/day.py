@@ -21,6 +21,10 @@ across days once the caller dropped the old log (:mod:`simulators.buffers`); the
 requests (candidates, cohorts, histories) can be prepared ahead in a second thread
 (:mod:`simulators.prefetch`), bit-identically, since a batch's requests depend on nothing an
 earlier batch changes.
+
+Several processes (``shard``, :mod:`simulators.shard`): each serves its own users' requests of
+the day in lockstep batches and the processes exchange rows and user state after every batch,
+so every process ends each batch with the whole world and log.
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ from simulators.ground_truth import click_probs, take_rows
 from simulators.prefetch import Prefetcher
 from simulators.records import _ROW_FIELDS, DayLog, Policy, PolicyOutputError, Requests
 from simulators.rng import check_generator, child_generator
-from simulators.world import World, append_items
+from simulators.shard import UserShard
+from simulators.world import Users, World, append_items
 
 __all__ = [
     "DayLog",
@@ -105,6 +110,8 @@ def check_policy_output(out, requests: Requests,
             f"policy output is on {slates.device}/{logp.device} but the requests are on "
             f"{requests.candidates.device}: return tensors on the requests' device")
     slates = slates.long()
+    if b == 0:
+        return slates, logp
     # A slate tensor broadcast over rows (stride 0, e.g. ``expand``) holds one distinct row.
     rows = slates[:1] if b > 1 and slates.stride(0) == 0 else slates
     lo, hi = torch.aminmax(rows)
@@ -239,6 +246,8 @@ def _serve_into(world: World, requests: Requests, policy: Policy, gen: torch.Gen
     """Serve one batch, writing slates, items, propensities, probabilities and clicks into the
     (B, ...) tensors of ``log`` (whose other fields are the requests'); return ``log``."""
     slates, logp = check_policy_output(policy(requests), requests, world.cfg.slate_size)
+    if len(log) == 0:  # a process's empty batch (simulators.shard): the policy was still asked
+        return log
     log.slates.copy_(slates)
     log.log_propensity.copy_(logp)
     items = torch.gather(requests.candidates, 1, log.slates, out=log.items)  # (B, K)
@@ -281,6 +290,8 @@ def _rows(log: DayLog, start: int, stop: int) -> DayLog:
 
 def _fill_requests(world: World, log: DayLog, gen: torch.Generator, index: RetrievalIndex) -> None:
     """Write the requests of the rows of ``log`` (users set): candidates, cohorts, histories."""
+    if len(log) == 0:
+        return
     sample_candidates(world, log.users, gen, index, log.candidates)
     torch.index_select(world.users.cohort, 0, log.users, out=log.cohort)
     torch.index_select(world.users.history, 0, log.users, out=log.history)
@@ -322,7 +333,7 @@ def serve_batch(world: World, requests: Requests, policy: Policy, gen: torch.Gen
 
 def simulate_day(world: World, policy: Policy, gen: torch.Generator, batch_size: int = 8192,
                  on_batch: Callable[[DayLog], None] | None = None, *,
-                 prefetch: bool | None = None) -> DayLog:
+                 prefetch: bool | None = None, shard: UserShard | None = None) -> DayLog:
     """Simulate one day of requests served by ``policy``; mutates ``world``; returns the day's log.
 
     The log's tensors are day-sized buffers that the batches write into (the logs passed to
@@ -334,6 +345,14 @@ def simulate_day(world: World, policy: Policy, gen: torch.Generator, batch_size:
     only the day's retrieval index and the state of the batch's own users, which no earlier batch
     changes (a user requests at most once a day), so the results are bit-identical either way,
     provided ``policy`` and ``on_batch`` do not change the state of users still to be served.
+
+    ``shard``: one of several processes simulating this world together (every process calls
+    this with the same world, the same ``gen`` state and the same ``batch_size``; see
+    :mod:`simulators.shard`). This process serves its own users' requests, in batches of up to
+    ``batch_size`` (every process serves as many batches as the busiest one; ``policy`` may get
+    empty batches and must still take part in its collectives); after each batch the processes
+    exchange their rows and their users' new state, ``on_batch`` gets the batch's rows of every
+    process, and the returned log is the whole day's, in serving order, on every process.
     """
     check_generator(gen, world.device)
     if batch_size <= 0:
@@ -353,8 +372,16 @@ def simulate_day(world: World, policy: Policy, gen: torch.Generator, batch_size:
     day_log.day.fill_(world.day)
     torch.arange(n_requests, out=day_log.request_id)
     day_log.users.copy_(day_users)
-    batches = [_rows(day_log, a, min(a + batch_size, n_requests))
-               for a in range(0, n_requests, batch_size)]
+    if shard is None:
+        batches = [_rows(day_log, a, min(a + batch_size, n_requests))
+                   for a in range(0, n_requests, batch_size)]
+    else:  # this process's requests (their day, request_id and users are set), in lockstep
+        mine = day_log.select(torch.nonzero(shard.owns(day_users)).squeeze(1))  # (R_p, ...)
+        n = len(mine)
+        n_batches = shard.agree(-(-n // batch_size))
+        batches = [_rows(mine, min(a, n), min(a + batch_size, n))
+                   for a in range(0, n_batches * batch_size, batch_size)]
+        g_retrieval, g_response = shard.fork(g_retrieval), shard.fork(g_response)
     retrieve = [functools.partial(_fill_requests, world, rows, g_retrieval, index)
                 for rows in batches]
     if prefetch is None:
@@ -366,10 +393,33 @@ def simulate_day(world: World, policy: Policy, gen: torch.Generator, batch_size:
             else:
                 ahead.wait(i)
             _serve_into(world, _requests_of(world, rows), policy, g_response, rows)
+            if shard is not None:
+                rows = _share_batch(world, rows, shard, day_log)
             if on_batch is not None:
                 on_batch(rows)
     end_of_day(world, day_users, g_dynamics)
     return day_log
+
+
+def _share_batch(world: World, rows: DayLog, shard: UserShard, day_log: DayLog) -> DayLog:
+    """Every process's rows of this batch round (a collective): written into ``day_log`` at
+    their request ids and returned; the other processes' users get their new state
+    (:attr:`Users.SERVED_FIELDS`) and their clicks count towards item popularity, so the world
+    is again the same on every process."""
+    fields = [f for f in Users.SERVED_FIELDS if getattr(world.users, f) is not None]
+    state = [take_rows(getattr(world.users, f), rows.users) for f in fields]
+    parts = shard.gather_rows([getattr(rows, f) for f in _ROW_FIELDS] + state)
+    batch = DayLog(**dict(zip(_ROW_FIELDS, parts)), item_topic=rows.item_topic)
+    remote = torch.nonzero(~shard.owns(batch.users)).squeeze(1)  # (B_other,)
+    users = batch.users[remote]
+    for name, new in zip(fields, parts[len(_ROW_FIELDS):]):
+        getattr(world.users, name).index_copy_(0, users, new[remote])
+    popularity = world.items.popularity
+    popularity.index_add_(0, batch.items[remote].reshape(-1),
+                          batch.clicks[remote].reshape(-1).to(popularity.dtype))
+    for name in _ROW_FIELDS:
+        getattr(day_log, name).index_copy_(0, batch.request_id, getattr(batch, name))
+    return batch
 
 
 def respond(world: World, users: torch.Tensor, slate_items: torch.Tensor,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -38,6 +39,10 @@ class Users:
     history: torch.Tensor  # (U, H) long clicked item ids, most recent first, -1 padded
     satisfaction: torch.Tensor  # (U,) moving average of per-request satisfaction
     fatigue: torch.Tensor | None  # (U, T) decayed exposure count per topic; None when off
+
+    SERVED_FIELDS: ClassVar[tuple[str, ...]] = ("interests", "history", "satisfaction", "fatigue")
+    """The fields serving a user's request may change (:func:`simulators.day.apply_feedback`);
+    the others change only at the end of a day (``active``) or never."""
 
 
 @dataclass
