@@ -20,8 +20,9 @@ Figures (``case``):
   with its R^2, and ``day_time_exponent_top``, the slope between the two largest sizes (fixed
   per-day costs flatten the small end).
 
-``--nproc N`` runs each figure under torchrun with N processes (tables sharded, the model's
-work split: :mod:`recsys_onpolicy.distributed`); the record is rank 0's.
+``--nproc N`` runs each figure under torchrun with N processes (each serves and simulates its
+own users, tables sharded, training batches split: :mod:`recsys_onpolicy.distributed`); the
+record is rank 0's.
 
 Fields: ``wall_s`` (whole run incl. warm-up), ``warmup_s`` (build + warm-up + day-0 probe),
 ``day_s`` (wall time per experiment day: median over days), ``cpu_s``, ``warmup_cpu_s`` and

@@ -410,13 +410,12 @@ def _share_batch(world: World, rows: DayLog, shard: UserShard, day_log: DayLog) 
     state = [take_rows(getattr(world.users, f), rows.users) for f in fields]
     parts = shard.gather_rows([getattr(rows, f) for f in _ROW_FIELDS] + state)
     batch = DayLog(**dict(zip(_ROW_FIELDS, parts)), item_topic=rows.item_topic)
-    remote = torch.nonzero(~shard.owns(batch.users)).squeeze(1)  # (B_other,)
-    users = batch.users[remote]
-    for name, new in zip(fields, parts[len(_ROW_FIELDS):]):
-        getattr(world.users, name).index_copy_(0, users, new[remote])
-    popularity = world.items.popularity
-    popularity.index_add_(0, batch.items[remote].reshape(-1),
-                          batch.clicks[remote].reshape(-1).to(popularity.dtype))
+    for name, new in zip(fields, parts[len(_ROW_FIELDS):]):  # own rows: a copy of themselves
+        getattr(world.users, name).index_copy_(0, batch.users, new)
+    popularity = world.items.popularity  # the others' clicks (masks, not indices: no host sync)
+    remote = (~shard.owns(batch.users)).unsqueeze(1)  # (B_all, 1)
+    popularity.index_add_(0, batch.items.reshape(-1),
+                          (batch.clicks * remote).reshape(-1).to(popularity.dtype))
     for name in _ROW_FIELDS:
         getattr(day_log, name).index_copy_(0, batch.request_id, getattr(batch, name))
     return batch
