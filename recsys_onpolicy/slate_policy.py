@@ -52,8 +52,9 @@ def sample_slates(
     _check(scores, k, temperature)
     work = torch.promote_types(scores.dtype, torch.float32)
     u = torch.rand(scores.shape, generator=gen, device=scores.device, dtype=work)  # (..., C)
-    gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(work).tiny)))  # u < 1 always
-    keys = scores.to(work) / temperature + gumbel  # (..., C); masked stay -inf
+    # keys = scores / t + Gumbel noise -log(-log(u)), in place on u (u < 1 always)
+    keys = u.clamp_min_(torch.finfo(work).tiny).log_().neg_().log_().neg_()  # (..., C)
+    keys += scores.to(work) / temperature  # masked stay -inf
     return keys.topk(k, dim=-1, sorted=True).indices
 
 
@@ -101,17 +102,76 @@ def slate_log_prob(
     # view are about 10x slower than on a materialised copy.
     z = z.expand(*batch, n_cand).reshape(-1, n_cand)  # (N, C)
     flat = slates.expand(*batch, slates.shape[-1]).reshape(-1, slates.shape[-1])  # (N, K)
-    # Position j's normaliser is logsumexp over the candidates not placed before j: the ones
-    # never placed ("rest", one masked logsumexp) plus the slate's own items j..K-1 (a reverse
-    # cumulative logsumexp), so no loop over positions and one pass over C.
-    chosen = z.gather(-1, flat)  # (N, K)
-    unplaced = torch.ones_like(z, dtype=torch.bool).scatter(-1, flat, False)  # (N, C)
-    if bool(((n_cand - unplaced.sum(-1)) < flat.shape[-1]).any()):
-        raise ValueError("slates contain a duplicate candidate; a Plackett-Luce slate has none")
-    rest = z.masked_fill(~unplaced, float("-inf")).logsumexp(-1, keepdim=True)  # (N, 1)
-    tail = torch.logcumsumexp(chosen.flip(-1), dim=-1).flip(-1)  # (N, K) lse of chosen[j:]
-    logp = (chosen - torch.logaddexp(rest, tail)).sum(-1)  # (N,)
+    if z.requires_grad and torch.is_grad_enabled():
+        logp = _PlackettLuceLogProb.apply(z, flat)  # (N,)
+    else:
+        logp = _pl_terms(z, flat)[0]
     return logp.reshape(batch)
+
+
+def _pl_terms(z: torch.Tensor, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Log-probabilities (N,) of slates flat (N, K) under scores z (N, C), and what their
+    gradient needs: the chosen scores (N, K), the normalisers L (N, K), and exp(z - m) (N, C)
+    for the candidates no position took (0 for the placed ones) with its shift m (N, 1).
+
+    Position j's normaliser L_j is logsumexp over the candidates not placed before j: the ones
+    never placed ("rest", one masked logsumexp over C) plus the slate's own items j..K-1, so
+    L_{K-1} = logaddexp(rest, chosen_{K-1}) and L_j = logaddexp(chosen_j, L_{j+1}).
+    """
+    chosen = z.gather(-1, flat)  # (N, K)
+    unplaced = torch.ones_like(z, dtype=torch.bool).scatter_(-1, flat, False)  # (N, C)
+    if bool(((z.shape[-1] - unplaced.sum(-1)) < flat.shape[-1]).any()):
+        raise ValueError("slates contain a duplicate candidate; a Plackett-Luce slate has none")
+    rest_z = z.masked_fill(~unplaced, float("-inf"))  # (N, C)
+    shift = rest_z.amax(-1, keepdim=True)  # (N, 1)
+    shift = shift.masked_fill(~torch.isfinite(shift), 0.0)  # no candidate left: rest = -inf
+    rest_exp = torch.exp(rest_z - shift)  # (N, C), 0 where placed or masked
+    rest = rest_exp.sum(-1, keepdim=True).log_().add_(shift)  # (N, 1)
+    norm = [torch.logaddexp(rest, chosen[:, -1:])]  # L_{K-1}, then backwards to L_0
+    for j in range(flat.shape[-1] - 2, -1, -1):
+        norm.append(torch.logaddexp(chosen[:, j:j + 1], norm[-1]))
+    norm = torch.cat(norm[::-1], dim=-1)  # (N, K)
+    return (chosen - norm).sum(-1), chosen, norm, rest_exp, shift
+
+
+class _PlackettLuceLogProb(torch.autograd.Function):
+    """:func:`_pl_terms`'s log-probability with its gradient written out (autograd through
+    logsumexp, the position recursion and the gathers costs about twice as much).
+
+    With L_j the normaliser of position j (non-increasing in j: the remaining set shrinks):
+
+    - a candidate no position took is in every normaliser:
+      d log pi / d z_c = -sum_j exp(z_c - L_j) = -exp(z_c - L_{K-1}) sum_j exp(L_{K-1} - L_j);
+    - the candidate placed at p is in the normalisers j <= p:
+      d log pi / d z_c = 1 - exp(z_c - L_p) P_p with P_p = sum_{j<=p} exp(L_p - L_j), i.e.
+      P_0 = 1 and P_p = 1 + exp(L_p - L_{p-1}) P_{p-1}.
+
+    Every exponent used is <= 0 (a score is at most the logsumexp of a set that holds it), so
+    nothing overflows; masked candidates (-inf) get a zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        logp, chosen, norm, rest_exp, shift = _pl_terms(z, flat)
+        ctx.save_for_backward(flat, chosen, norm, rest_exp, shift)
+        return logp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logp: torch.Tensor) -> tuple[torch.Tensor, None]:
+        flat, chosen, norm, rest_exp, shift = ctx.saved_tensors
+        go = grad_logp.unsqueeze(-1)  # (N, 1)
+        last = norm[:, -1:]  # (N, 1) L_{K-1}
+        # never placed: exp(z - L_{K-1}) = rest_exp * exp(shift - L_{K-1}), both factors <= 1
+        # (the clamp only acts where no candidate is left over: there shift = 0, rest_exp = 0)
+        never = torch.exp(last - norm).sum(-1, keepdim=True)  # (N, 1)
+        grad = rest_exp * (torch.exp((shift - last).clamp_max(0.0)) * never * -go)  # (N, C)
+        steps = torch.exp(norm[:, 1:] - norm[:, :-1])  # (N, K-1) exp(L_p - L_{p-1})
+        cum = [torch.ones_like(last)]  # P_0
+        for p in range(steps.shape[-1]):
+            cum.append(torch.addcmul(torch.ones_like(last), steps[:, p:p + 1], cum[-1]))
+        placed = torch.exp(chosen - norm) * torch.cat(cum, dim=-1)  # (N, K)
+        return grad.scatter_(-1, flat, go * (1.0 - placed)), None
 
 
 def greedy_slates(scores: torch.Tensor, k: int) -> torch.Tensor:
