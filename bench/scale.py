@@ -45,9 +45,11 @@ whole day's log).
     python bench/scale.py --case full --days 1 --probes daily   # ... with every daily probe
 
 Process settings (recorded in every line): children run with ``OMP_WAIT_POLICY=PASSIVE``
-unless the environment sets a policy (spinning OpenMP threads on a shared CPU slow everything
-down) and with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (a day allocates gigabytes of fresh
-tensors; first-touch page faults showed up as a large share of system time).
+unless the environment sets a policy (OpenMP threads spinning without end on a shared CPU slow
+everything down) but ``GOMP_SPINCOUNT=100000`` (a short spin before sleeping: with none, the
+second thread was put to sleep and woken for every op; +30% GRPO training throughput with 2
+threads), and with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (a day allocates gigabytes of
+fresh tensors; first-touch page faults showed up as a large share of system time).
 """
 from __future__ import annotations
 
@@ -69,7 +71,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 GIB = 1024**3
-HUGETLB = "glibc.malloc.hugetlb=1"  # large allocations on huge pages (as bench/simulator.py)
+HUGETLB = "glibc.malloc.hugetlb=1"
+# OpenMP threads spin this many iterations before they sleep (PASSIVE alone: none, so the second
+# thread was woken for every op): +30% GRPO training throughput with 2 threads, measured
+SPINCOUNT = "100000"  # large allocations on huge pages (as bench/simulator.py)
 FULL = {"users": 1_000_000, "items": 100_000, "days": 30}
 GPU_USERS = 10_000_000
 SCALING_USERS = [10_000, 30_000, 100_000, 300_000, 1_000_000]
@@ -89,7 +94,8 @@ def run_config(spec: dict):
     world = default_latent({"users": {"n_users": spec["users"]},
                             "items": {"n_items": spec["items"]}, "device": spec["device"]})
     return RecsysRunConfig(
-        world=world, model={"device": spec["device"]}, regime=spec["regime"],
+        world=world, model={"device": spec["device"],
+                            "sharding": {"types": spec.get("sharding")}}, regime=spec["regime"],
         days=spec["days"], warmup={"days": spec["warmup_days"]}, seed=0,
         write_logs=spec["write_logs"], checkpoint={"enabled": spec["checkpoint"]})
 
@@ -181,10 +187,12 @@ def spawn(spec: dict, timeout: float | None) -> dict:
     """Run ``measure(spec)`` in a child process (under torchrun with ``nproc`` > 1)."""
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("GOMP_SPINCOUNT", SPINCOUNT)
     tunables = env.get("GLIBC_TUNABLES", "")
     if HUGETLB not in tunables:
         env["GLIBC_TUNABLES"] = f"{tunables}:{HUGETLB}" if tunables else HUGETLB
     record = {"bench": "scale", **spec, "omp_wait_policy": env["OMP_WAIT_POLICY"],
+              "gomp_spincount": env["GOMP_SPINCOUNT"],
               "glibc_tunables": env["GLIBC_TUNABLES"], "load_avg_1m_before": load_avg()}
     cmd = [sys.executable, __file__, "--child"]
     if spec.get("nproc", 1) > 1:  # torchrun: every rank runs the loop, in one shared folder
@@ -221,7 +229,7 @@ def emit(record: dict) -> None:
 def base_spec(args: argparse.Namespace) -> dict:
     return {"warmup_days": args.warmup_days, "probes": args.probes, "write_logs": not args.no_logs,
             "checkpoint": not args.no_checkpoint, "threads": args.threads, "tmp": args.tmp,
-            "nproc": args.nproc}
+            "nproc": args.nproc, "sharding": args.sharding}
 
 
 def bench_full(args: argparse.Namespace) -> None:
@@ -296,6 +304,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch threads in the children")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes per figure (torchrun, sharded tables); default 1")
+    p.add_argument("--sharding", nargs="+", choices=["table_wise", "column_wise", "row_wise",
+                                                      "table_row_wise"],
+                   help="with --nproc: the sharding types the planner may use (default: "
+                        "run.model.sharding's)")
     p.add_argument("--probes", choices=["expected_clicks", "daily"], default="expected_clicks",
                    help="probes after every day: the loop's expected-clicks probe (default) or "
                         "every family of recsys_onpolicy.probes.DailyProbes at ProbeConfig "
