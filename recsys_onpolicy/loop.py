@@ -154,10 +154,7 @@ def serving_policy(model, world: World, temperature: float, gen: torch.Generator
 
     def policy(requests: Requests) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            if local:
-                scores = model.score_requests(requests, local=True).to(world.device)  # (B, C)
-            else:
-                scores = model.score_requests(requests).to(world.device)  # (B, C)
+            scores = model.score_requests(requests, local=local).to(world.device)  # (B, C)
             slates = sample_slates(scores, k, gen, temperature)  # (B, K)
             return slates, slate_log_prob(scores, slates, temperature)  # (B, K), (B,)
 
