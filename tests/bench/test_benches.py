@@ -1,0 +1,67 @@
+"""bench/scale.py and bench/train.py run at tiny sizes and print the JSON lines they promise;
+the scaling fit and the 30-day projection are checked against hand-computed values."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def scale():
+    return load("scale")
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 0.5])
+def test_fit_exponent_recovers_a_power_law(scale, power):
+    users = [1e4, 3e4, 1e5, 3e5, 1e6]
+    slope, r2 = scale.fit_exponent(users, [0.002 * u**power for u in users])
+    assert math.isclose(slope, power, abs_tol=1e-9) and math.isclose(r2, 1.0, abs_tol=1e-9)
+    noisy = [0.002 * u * f for u, f in zip(users, [1.1, 0.9, 1.05, 0.95, 1.0])]
+    slope, r2 = scale.fit_exponent(users, noisy)
+    assert 0.9 < slope < 1.1 and r2 < 1.0
+
+
+def test_a_short_full_figure_is_projected_to_its_days(scale):
+    record = {"days": 1, "warmup_s": 20.0, "day_s": 80.0, "warmup_cpu_s": 30.0, "day_cpu_s": 150.0}
+    out = scale.with_projection(record, 30)
+    assert out["projected_wall_s"] == 20.0 + 30 * 80.0 and out["projected_cpu_s"] == 30 + 4500
+    assert "projected_wall_s" not in scale.with_projection({**record, "days": 30}, 30)
+
+
+def test_scale_prints_a_line_per_size_and_the_fitted_exponent(scale, capsys):
+    scale.main(["--case", "scaling", "--users", "1000", "2000", "--days", "1", "--no-logs",
+                "--no-checkpoint", "--threads", "1", "--case", "gpu",
+                "--regimes", "supervised_daily"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    sizes = [r for r in lines if r.get("case") == "scaling"]
+    assert [r["users"] for r in sizes] == [1000, 2000]
+    for r in sizes:
+        assert "error" not in r, r
+        assert r["day_s"] > 0 and r["peak_rss_gib"] > 0 and r["requests_per_day"] > 0
+        assert r["gomp_spincount"] and r["omp_wait_policy"]
+    fit = next(r for r in lines if r.get("case") == "scaling_fit")
+    assert any("exponent" in k for k in fit) and fit["users"] == [1000, 2000]
+    gpu = next(r for r in lines if r.get("case") == "gpu")
+    if not torch.cuda.is_available():
+        assert "no CUDA" in gpu["skipped"]
+
+
+def test_train_bench_prints_both_regimes(capsys):
+    load("train").main(["--quick", "--device", "cpu", "--threads", "1"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert {r["regime"] for r in lines} == {"supervised_daily", "grpo"}
+    for r in lines:
+        speed = r.get("impressions_per_s") or r.get("requests_per_s")
+        assert speed and speed > 0 and r["device"] == "cpu"
