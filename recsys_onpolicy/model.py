@@ -76,6 +76,7 @@ from recsys_onpolicy.distributed import (
     shard_tables,
 )
 from recsys_onpolicy.sharding import ShardingConfig, plan_tables
+from simulators.shard import largest
 from simulators.typed_config import StrictModel
 
 SparseOptimizer = Literal["rowwise_adagrad", "adagrad", "sgd"]
@@ -615,7 +616,7 @@ class TrainableScorer:
         n, c = candidates.shape
         total = n
         if self.world_size > 1 and local:
-            total = self._agree_rows(n)
+            total = largest(n, self.pg)  # the biggest batch any rank passed
             if total > n:  # pad with copies of a dummy request (scores cut off below)
                 users, history, candidates, candidate_topics = (
                     _pad_rows(t, total, fill) for t, fill in
@@ -631,12 +632,6 @@ class TrainableScorer:
         else:
             out = piece(users, history, candidates, candidate_topics)
         return out[:n]
-
-    def _agree_rows(self, n: int) -> int:
-        """The largest batch any rank passed (a collective)."""
-        t = torch.tensor([n], dtype=torch.long)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.pg)
-        return int(t.item())
 
     def _score_local(self, users: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor,
                      candidate_topics: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,13 @@ from simulators.rng import make_generator
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (golden ratio): spreads process indices apart
 
 
+def largest(n: int, group: dist.ProcessGroup | None = None) -> int:
+    """The largest ``n`` any process of ``group`` passed (a collective, on the CPU)."""
+    t = torch.tensor([n], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t.item())
+
+
 @dataclass(frozen=True)
 class UserShard:
     """Process ``index`` of ``count`` (``count >= 2``) in ``group`` (None: the default group).
@@ -62,9 +69,7 @@ class UserShard:
 
     def agree(self, n: int) -> int:
         """The largest ``n`` any process passed."""
-        t = torch.tensor([n], dtype=torch.long)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        return int(t.item())
+        return largest(n, self.group)
 
     def gather_rows(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Every process's rows of each tensor (n_p, ...), concatenated in process order
