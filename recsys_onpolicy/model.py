@@ -76,6 +76,7 @@ from recsys_onpolicy.distributed import (
     shard_tables,
 )
 from recsys_onpolicy.sharding import ShardingConfig, plan_tables
+from simulators.expect import expect
 from simulators.shard import largest
 from simulators.typed_config import StrictModel
 
@@ -344,14 +345,17 @@ class SplitPooled(torch.autograd.Function):
     def backward(ctx, g_user, *g_cand):
         b, c, width = ctx.shape
         ref = g_user if g_user is not None else next(g for g in g_cand if g is not None)
-        # (B, C, F*D). The user-side columns outside each request's first slot belong to
-        # empty bags, whose gradient rows the TBE backward never reads (tested with NaN
+        # (B, C, F*D). The user-side columns outside each request's first two slots belong
+        # to empty bags, whose gradient rows the TBE backward never reads (tested with NaN
         # there): they are left unwritten (a strided fill of B*(C-1)*2D floats, 2-8 ms of a
-        # ~75 ms GRPO update in profiles).
+        # ~75 ms GRPO update in profiles). Slot 1 holds the history's padding bag: zeros.
         grad = ref.new_empty(b, c, width)
         if EMPTY_BAG_GRAD is not None:
             for s in merge_adjacent(ctx.user_cols):
                 grad[:, 1:, s] = EMPTY_BAG_GRAD
+        if c > 1:  # slot 1 holds the history's padding bag (history_bags): zero gradient
+            for s in merge_adjacent(ctx.user_cols):
+                grad[:, 1, s] = 0.0
         start = 0
         for s in ctx.user_cols:
             stop = start + s.stop - s.start
@@ -402,17 +406,15 @@ def check_inputs(
     for arg, ids, _, _ in named:
         if ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{arg} must hold integer ids, got dtype {ids.dtype}")
-    # One device sync for all range checks; details only when something is wrong.
-    bad = [((ids < lowest) | (ids >= n_ids[table])).any() for _, ids, table, lowest in named]
-    if not torch.stack(bad).any():
-        return
-    for (arg, ids, table, lowest), is_bad in zip(named, bad):
-        if is_bad:
-            pad = " or -1 (padding)" if lowest < 0 else ""
-            raise ValueError(
-                f"{arg} ids must be in [0, {n_ids[table]}){pad}, "
-                f"got values in [{int(ids.min())}, {int(ids.max())}]"
-            )
+    # Range checks on the device (simulators.expect: no host round trip on CUDA).
+    for arg, ids, table, lowest in named:
+        if not ids.numel():
+            continue
+        lo, hi = torch.aminmax(ids)
+        wanted = f"{arg} ids must be in [0, {n_ids[table]})" + (
+            " or -1 (padding)" if lowest < 0 else "")
+        expect((lo >= lowest) & (hi < n_ids[table]), ValueError, wanted,
+               lambda wanted=wanted, lo=lo, hi=hi: f"{wanted}, got values in [{int(lo)}, {int(hi)}]")
 
 
 def request_features(
@@ -427,9 +429,10 @@ def request_features(
     """Pack a batch into one KJT with N = B*C bags per feature (bag r belongs to request r // C).
 
     ``item`` and ``topic`` have one id per bag. ``user`` and ``history`` are per request: their
-    bags sit in the first slot of each request (r % C == 0) and the other C - 1 slots are
-    empty, so each user row and each history id is looked up once, not C times. History ids
-    of -1 are padding and are dropped. Ids are hashed where a table has fewer rows than ids.
+    bags sit in the first slot of each request (r % C == 0) and the other slots are empty
+    (but for the history's padding bag in slot 1, :func:`history_bags`), so each user row and
+    each history id is looked up once, not C times. Ids are hashed where a table has fewer
+    rows than ids.
     """
     b, c = candidates.shape
     dev = candidates.device
@@ -443,16 +446,39 @@ def request_features(
     one_per_bag = torch.ones(b * c, dtype=torch.long, device=dev)  # (B*C,)
     keys, values, lengths = ["user"], [table_ids(users, "user")], [first_slot.view(-1)]
     if history_bag:
-        valid = history >= 0  # (B, H)
-        hist_len = torch.zeros(b, c, dtype=torch.long, device=dev)  # (B, C)
-        hist_len[:, 0] = valid.sum(dim=1)
         keys.append("history")
-        values.append(table_ids(history[valid], "item"))  # row-major: grouped by request
+        ids, hist_len = history_bags(history, c)  # (N,), (B, C)
+        values.append(table_ids(ids, "item"))
         lengths.append(hist_len.view(-1))
     keys += ["item", "topic"]
     values += [table_ids(candidates, "item"), table_ids(candidate_topics, "topic")]
     lengths += [one_per_bag, one_per_bag]
-    return KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
+    # Sizes per feature known from shapes: torchrec need not read them from the device.
+    return KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths),
+                             stride=b * c, length_per_key=[v.shape[0] for v in values])
+
+
+def history_bags(history: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The history feature's ids (N,) and bag lengths (B, C) for histories (B, H), -1 padded.
+
+    Each request's valid ids, in order, form its first bag (slot 0, the one the head reads).
+    With C >= 2 its padding follows as id 0 in a second bag (slot 1), so that N = B*H whatever
+    the data: no host round trip on CUDA (dropping the padding with a boolean mask needs one).
+    That bag's output is never read and its gradient rows are zero (:class:`SplitPooled`), so
+    no optimizer changes the rows it looks up (a zero gradient is a no-op for SGD and Adagrad).
+    With C = 1 there is no second bag and the padding is dropped with a mask.
+    """
+    b, h = history.shape
+    valid = history >= 0  # (B, H)
+    n_valid = valid.sum(dim=1)  # (B,)
+    lengths = torch.zeros(b, c, dtype=torch.long, device=history.device)  # (B, C)
+    lengths[:, 0] = n_valid
+    if c == 1:
+        return history[valid], lengths  # row-major: grouped by request
+    # Valid ids first, in their order (a stable sort on "is padding"), then the padding.
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # (B, H)
+    lengths[:, 1] = h - n_valid
+    return history.gather(1, order).clamp_min_(0).view(-1), lengths
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ checked here: validation of the resulting mapping reports them with the known ke
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from collections.abc import Iterable
 
 import yaml
 

@@ -36,8 +36,9 @@ def metric_rows(
 ) -> list[dict]:
     """Rows for several metrics measured at one (run, step, group)."""
     return [
-        dict(domain=domain, experiment=experiment, regime=regime, seed=int(seed), step=int(step),
-             metric=m, value=float(v), group=None if group is None else str(group))
+        {"domain": domain, "experiment": experiment, "regime": regime, "seed": int(seed),
+         "step": int(step), "metric": m, "value": float(v),
+         "group": None if group is None else str(group)}
         for m, v in values.items()
     ]
 

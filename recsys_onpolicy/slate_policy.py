@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from simulators.expect import expect
+
 
 def _check(scores: torch.Tensor, k: int, temperature: float) -> None:
     if scores.dim() < 1 or not scores.is_floating_point():
@@ -28,12 +30,14 @@ def _check(scores: torch.Tensor, k: int, temperature: float) -> None:
         raise ValueError(f"slate size k={k} must be in [1, C={scores.shape[-1]}]")
     if not temperature > 0:
         raise ValueError(f"temperature={temperature} must be > 0 (use greedy_slates for t -> 0)")
+    if not scores.numel():
+        return
     n_open = torch.isfinite(scores).sum(dim=-1)  # (...,) candidates not masked
-    if scores.numel() and int(n_open.min()) < k:
-        raise ValueError(
-            f"a request has only {int(n_open.min())} candidates with finite score, fewer than "
-            f"k={k}; mask fewer candidates or lower k"
-        )
+    fix = "mask fewer candidates or lower k"
+    expect(n_open.min() >= k, ValueError,
+           f"a request has fewer than k={k} candidates with finite score; {fix}",
+           lambda: f"a request has only {int(n_open.min())} candidates with finite score, fewer "
+                   f"than k={k}; {fix}")
 
 
 def sample_slates(
@@ -91,9 +95,13 @@ def slate_log_prob(
     """
     _check(scores, slates.shape[-1], temperature)
     n_cand = scores.shape[-1]
-    out_of_range = slates.numel() and (slates.min() < 0 or slates.max() >= n_cand)
-    if slates.dtype != torch.long or out_of_range:
-        raise ValueError(f"slates must be long positions in [0, C={n_cand}), got {slates.dtype}")
+    wanted = f"slates must be long positions in [0, C={n_cand})"
+    if slates.dtype != torch.long:
+        raise ValueError(f"{wanted}, got {slates.dtype}")
+    if slates.numel():
+        lo, hi = torch.aminmax(slates)
+        expect((lo >= 0) & (hi < n_cand), ValueError, wanted,
+               lambda: f"{wanted}, got values in [{int(lo)}, {int(hi)}]")
     while scores.dim() < slates.dim():
         scores = scores.unsqueeze(-2)  # (B, 1, C): broadcast over the group axis
     z = scores.to(torch.promote_types(scores.dtype, torch.float32)) / temperature  # (..., C)
@@ -120,8 +128,8 @@ def _pl_terms(z: torch.Tensor, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """
     chosen = z.gather(-1, flat)  # (N, K)
     unplaced = torch.ones_like(z, dtype=torch.bool).scatter_(-1, flat, False)  # (N, C)
-    if bool(((z.shape[-1] - unplaced.sum(-1)) < flat.shape[-1]).any()):
-        raise ValueError("slates contain a duplicate candidate; a Plackett-Luce slate has none")
+    expect(((z.shape[-1] - unplaced.sum(-1)) == flat.shape[-1]).all(), ValueError,
+           "slates contain a duplicate candidate; a Plackett-Luce slate has none")
     rest_z = z.masked_fill(~unplaced, float("-inf"))  # (N, C)
     shift = rest_z.amax(-1, keepdim=True)  # (N, 1)
     shift = shift.masked_fill(~torch.isfinite(shift), 0.0)  # no candidate left: rest = -inf

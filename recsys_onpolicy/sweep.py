@@ -15,7 +15,7 @@ preset, ``seed`` = trial number, ``step`` = final step, metrics ``sweep/lr``, ``
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 import polars as pl
@@ -43,7 +43,7 @@ class SweepConfig(StrictModel):
     """Seed of optuna's TPE sampler (reproducible proposals on one machine)."""
 
     @model_validator(mode="after")
-    def _check_range(self) -> "SweepConfig":
+    def _check_range(self) -> SweepConfig:
         if self.lr_low >= self.lr_high:
             raise ValueError(
                 f"lr_low ({self.lr_low}) must be below lr_high ({self.lr_high}): swap or widen them"
@@ -65,6 +65,11 @@ def _study(cfg: SweepConfig, url: str, experiment: str, regime: str) -> optuna.S
     )
 
 
+def _finished(study) -> int:
+    """Trials of ``study`` that completed."""
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
 def _requeue_stale(study: optuna.Study) -> None:
     """Trials left RUNNING by a killed process are failed so they are asked again."""
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -80,8 +85,7 @@ def run_sweep(cfg: SweepConfig, url: str, experiment: str, evaluate: Evaluate,
         study = _study(cfg, url, experiment, regime)
         if requeue:
             _requeue_stale(study)
-        done = lambda: sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)  # noqa: E731
-        while done() < cfg.trials:
+        while _finished(study) < cfg.trials:
             trial = study.ask()
             lr = trial.suggest_float("lr", cfg.lr_low, cfg.lr_high, log=True)
             values, step = evaluate(regime, lr, trial.number)

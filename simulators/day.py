@@ -38,6 +38,7 @@ import torch
 from simulators import choice, dynamics
 from simulators.buffers import BufferPool
 from simulators.candidates import RetrievalIndex, build_index, sample_candidates
+from simulators.expect import expect
 from simulators.ground_truth import click_probs, take_rows
 from simulators.prefetch import Prefetcher
 from simulators.records import _ROW_FIELDS, DayLog, Policy, PolicyOutputError, Requests
@@ -121,24 +122,29 @@ def check_policy_output(out, requests: Requests,
     count = torch.zeros(rows.shape[0], c, dtype=small, device=rows.device)
     count.scatter_add_(1, rows.clamp(0, c - 1),
                        torch.ones(1, dtype=small, device=rows.device).expand(rows.shape))
-    flags = torch.stack([out_of_range, (count.amax() > 1) & ~out_of_range,
-                         ~torch.isfinite(logp).all(), (logp > 1e-4).any()]).tolist()
-    if not any(flags):
-        return slates, logp
-    if flags[0]:
-        row = int(((slates < 0) | (slates >= c)).any(dim=1).nonzero()[0])
-        raise PolicyOutputError(
-            f"slates must be positions in [0, {c}) into the candidates; row {row} is "
-            f"{slates[row].tolist()}")
-    if flags[1]:
-        row = int((count.amax(dim=1) > 1).nonzero()[0])
-        raise PolicyOutputError(
-            f"slates must not repeat a candidate; row {row} is {slates[row].tolist()} (sample "
-            "without replacement, e.g. Gumbel-top-k)")
-    row = int((~torch.isfinite(logp) | (logp > 1e-4)).nonzero()[0])
-    raise PolicyOutputError(
-        f"log_propensity must be finite and <= 0 (a log-probability); row {row} is "
-        f"{float(logp[row])}")
+    # Checked on the device (simulators.expect): no host round trip per batch on CUDA.
+    where = f"positions in [0, {c}) into the candidates"
+    expect(~out_of_range, PolicyOutputError, f"slates must be {where}",
+           lambda: f"slates must be {where}; {_bad_row((slates < 0) | (slates >= c), slates)}")
+    repeated = count.amax(dim=1) > 1  # (B',) rows that repeat a candidate (if all in range)
+    how = "(sample without replacement, e.g. Gumbel-top-k)"
+    expect(out_of_range | ~repeated.any(), PolicyOutputError,
+           f"slates must not repeat a candidate {how}",
+           lambda: f"slates must not repeat a candidate; {_bad_row(repeated, rows)} {how}")
+    bad_logp = ~torch.isfinite(logp) | (logp > 1e-4)  # (B,)
+    expect(~bad_logp.any(), PolicyOutputError,
+           "log_propensity must be finite and <= 0 (a log-probability)",
+           lambda: "log_propensity must be finite and <= 0 (a log-probability); "
+                   f"{_bad_row(bad_logp, logp)}")
+    return slates, logp
+
+
+def _bad_row(flags: torch.Tensor, values: torch.Tensor) -> str:
+    """'row r is <values[r]>' for the first row r of flags (B,) or (B, K) with a True entry
+    (reads the device: for error messages only)."""
+    row = int((flags if flags.dim() == 1 else flags.any(dim=1)).nonzero()[0])
+    value = values[row]
+    return f"row {row} is {value.tolist() if value.dim() else float(value)}"
 
 
 def _index_dtype(numel: int) -> torch.dtype:

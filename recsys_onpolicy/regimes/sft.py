@@ -101,9 +101,13 @@ def train_sft(ctx: TrainContext, log: Requests) -> None:
             keep = torch.ones_like(keep)
         ctx.stats.add_slates(data.rewards, keep)
         for _ in range(r.epochs):
-            for idx in minibatches(len(data), ctx.batch_size, ctx.gen):
-                if not bool(keep[idx].any()):
-                    continue  # nothing to imitate: no step (Adam would still move on zero grads)
+            batches = minibatches(len(data), ctx.batch_size, ctx.gen)
+            # A batch with nothing to imitate takes no step (Adam would still move on zero
+            # grads); read for all batches of the pass at once (one host round trip on CUDA).
+            useful = torch.stack([keep[idx].any() for idx in batches]).tolist()
+            for idx, has_kept in zip(batches, useful):
+                if not has_kept:
+                    continue
                 batch = data.select(idx)
                 scores = ctx.policy_scores(batch.requests)  # (b, C)
                 loss = nll_loss(scores, batch.slates, keep[idx], ctx.temperature)

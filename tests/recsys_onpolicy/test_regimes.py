@@ -33,7 +33,6 @@ from simulators.rng import make_generator
 from simulators.typed_config import ConfigError
 from simulators.world import make_world
 
-
 # ---- config ----------------------------------------------------------------------------------
 
 

@@ -2,7 +2,12 @@ import polars as pl
 import pytest
 
 from recsys_onpolicy.results import (
-    SCHEMA, metric_rows, read_metrics, to_frame, write_metrics, write_parquet_atomic,
+    SCHEMA,
+    metric_rows,
+    read_metrics,
+    to_frame,
+    write_metrics,
+    write_parquet_atomic,
 )
 
 
