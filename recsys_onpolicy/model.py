@@ -353,7 +353,7 @@ class SplitPooled(torch.autograd.Function):
         if EMPTY_BAG_GRAD is not None:
             for s in merge_adjacent(ctx.user_cols):
                 grad[:, 1:, s] = EMPTY_BAG_GRAD
-        if c > 1:  # slot 1 holds the history's padding bag (history_bags): zero gradient
+        if c > 1:  # the padding bag of history_bags
             for s in merge_adjacent(ctx.user_cols):
                 grad[:, 1, s] = 0.0
         start = 0

@@ -6,13 +6,16 @@ values a fixed number of times per day (the day's requests, per-day seeds, the l
 never per batch. :class:`HostReads` counts such calls made directly by the project's code (not
 inside torch, torchrec or fbgemm, whose reads of their own CPU-side counters cost no sync); with
 :mod:`simulators.expect` in its CUDA behaviour (``MODE = "async"``), a day served and trained in
-4x as many batches must make exactly as many host reads.
+4x as many batches must make exactly as many host reads. On a GPU machine the CUDA variant
+checks the same with torch's own synchronisation detector.
 """
 from __future__ import annotations
 
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Self
 
 import pytest
 import torch
@@ -50,12 +53,15 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def reads_of_day_one(regime, serve: int, train: int, tmp_path, monkeypatch) -> tuple[Counter, int]:
-    """Host reads during experiment day 1 (day 0 warms caches up) and its number of requests."""
-    world = tiny({"users": {"n_users": 240, "activity_mean": 1.0, "activity_spread": 0.0,
-                            "cohort_activity_spread": 0.0}})
+def reads_of_day_one(regime, serve: int, train: int, tmp_path, monkeypatch,
+                     count=HostReads, device: str = "cpu") -> tuple[Counter, int]:
+    """Host reads (``count()``: a context manager with a ``where`` Counter) during experiment
+    day 1 (day 0 warms caches up), and the day's number of requests."""
+    world = tiny({"device": device, "users": {
+        "n_users": 240, "activity_mean": 1.0, "activity_spread": 0.0,
+        "cohort_activity_spread": 0.0}})
     cfg = RecsysRunConfig(
-        world=world, model=ModelConfig(embedding_dim=8, head_width=16, device="cpu"),
+        world=world, model=ModelConfig(embedding_dim=8, head_width=16, device=device),
         regime=regime, days=2, serve_batch_size=serve, train_batch_size=train,
         warmup={"days": 1}, write_logs=False, checkpoint={"enabled": False})
     counted: dict = {}
@@ -64,7 +70,7 @@ def reads_of_day_one(regime, serve: int, train: int, tmp_path, monkeypatch) -> t
     def day(state, out):
         if state.day != 1:
             return run_day(state, out)
-        with HostReads() as reads:
+        with count() as reads:
             run_day(state, out)
         counted["reads"], counted["requests"] = reads.where, len(state.log)
 
@@ -86,3 +92,34 @@ def test_host_reads_per_day_do_not_grow_with_the_number_of_batches(regime, tmp_p
     many, again = reads_of_day_one(regime, 30, 10, tmp_path, monkeypatch)
     assert requests == again >= 200  # the same day, served in 4x as many batches
     assert many == few, f"reads that grow with the batches: {many - few}"
+
+
+class CudaSyncs:
+    """torch's own detector (``torch.cuda.set_sync_debug_mode("warn")``): counts the CUDA
+    synchronisations whose Python caller is the project's code, by (file, line)."""
+
+    def __enter__(self) -> Self:
+        self.where: Counter = Counter()
+        self._catch = warnings.catch_warnings(record=True)
+        self._seen = self._catch.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+        self._catch.__exit__(*exc)
+        for w in self._seen:
+            if "synchroniz" in str(w.message) and any(w.filename.startswith(p) for p in PROJECT):
+                self.where[(Path(w.filename).name, w.lineno)] += 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("regime", ["supervised_daily", "grpo"])
+def test_cuda_synchronisations_per_day_do_not_grow_with_the_number_of_batches(
+        regime, tmp_path, monkeypatch):
+    few, requests = reads_of_day_one(regime, 120, 40, tmp_path, monkeypatch, CudaSyncs, "cuda")
+    many, again = reads_of_day_one(regime, 30, 10, tmp_path, monkeypatch, CudaSyncs, "cuda")
+    assert requests == again >= 200
+    assert many == few, f"synchronisations that grow with the batches: {many - few}"
