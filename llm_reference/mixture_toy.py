@@ -63,7 +63,7 @@ from pydantic import Field, model_validator
 
 from recsys_onpolicy.objectives import reinforce_loss, sequence_nll
 from recsys_onpolicy.results import metric_rows, to_frame, write_metrics
-from simulators.typed_config import ConfigError, StrictModel, read_yaml, validate
+from simulators.typed_config import ConfigError, StrictModel, read_yaml, replace, validate
 
 DTYPE = torch.float64
 WEIGHT_FLOOR = 1e-3  # the official code clips the old weight to [1e-3, 1 - 1e-3]
@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     args = ap.parse_args(argv)
     cfg = load_mixture_config(args.config) if args.config else MixtureToyConfig()
     if args.seed is not None:
-        cfg.seed = args.seed
+        cfg = replace(cfg, seed=args.seed)
     gen = torch.Generator(device=cfg.device)
     gen.manual_seed(cfg.seed)
     frame = run_mixture_toy(cfg, gen)

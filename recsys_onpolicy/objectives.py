@@ -112,6 +112,15 @@ def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: KLEstimato
         estimator: 'k1' (-log r), 'k2' ((log r)^2 / 2) or 'k3' ((r - 1) - log r), r = pi_ref/pi.
     Returns:
         (N,) estimates; take the mean for the penalty term beta * E[KL].
+
+    As *values*, k1 and k3 are unbiased estimates of KL(pi || pi_ref) and k2 is biased. As a
+    *loss term* (the samples held fixed, the gradient taken through ``logp`` only, which is how
+    GRPO adds it) their expected gradients differ (Schulman's note; checked by enumeration in
+    the tests):
+
+    - k1: E_pi[grad log pi] = 0, no pull towards pi_ref at all (regimes refuse it);
+    - k2: the gradient of KL(pi || pi_ref), the reverse KL;
+    - k3: the gradient of KL(pi_ref || pi), the forward KL (the DeepSeekMath GRPO convention).
     """
     log_ratio = logp_ref.detach() - logp
     if estimator == "k1":

@@ -76,15 +76,6 @@ def build_index(world: World, gen: torch.Generator) -> RetrievalIndex:
     )
 
 
-def retrieval_index(world: World, gen: torch.Generator) -> RetrievalIndex:
-    """The cached index if it matches the world's day and catalogue, else a new one (cached)."""
-    idx = world.retrieval_cache
-    if not isinstance(idx, RetrievalIndex) or idx.key != (world.day, world.n_items):
-        idx = build_index(world, gen)
-        world.retrieval_cache = idx
-    return idx
-
-
 def _random_rows(index: RetrievalIndex, b: int, n: int, gen: torch.Generator,
                  out: torch.Tensor | None = None) -> torch.Tensor:
     """(b, n) distinct uniform ids per row: perm[(a + s*j) mod I] with s*(n-1) < I."""
@@ -112,7 +103,10 @@ def _interest_rows(world: World, index: RetrievalIndex, users: torch.Tensor, n: 
     p = (w.unsqueeze(2) * torch.softmax(topic_logits, dim=2)).sum(1)  # (B, T)
     p = p * (index.topic_count > 0)  # never pick an empty topic
     cdf = torch.cumsum(p, dim=1)  # (B, T)
-    u = torch.rand(b, n, generator=gen, device=device) * cdf[:, -1:]
+    # u > 0, so the first topic with cdf >= u has positive mass (u = 0 would pick a leading
+    # empty topic); u <= cdf[:, -1] keeps it in range.
+    u = (torch.rand(b, n, generator=gen, device=device) * cdf[:, -1:]).clamp_min_(
+        torch.finfo(cdf.dtype).tiny)
     topic = torch.searchsorted(cdf, u).clamp_(max=world.n_topics - 1)  # (B, n)
     count = index.topic_count[topic]  # (B, n)
     offset = (torch.rand(b, n, generator=gen, device=device) * count).long()
@@ -187,9 +181,13 @@ def sample_candidates(world: World, users: torch.Tensor, gen: torch.Generator,
                       index: RetrievalIndex | None = None,
                       out: torch.Tensor | None = None) -> torch.Tensor:
     """C distinct candidate item ids for each user's request, (B, C) long (written to ``out``
-    when given: a contiguous (B, C) long tensor)."""
+    when given: a contiguous (B, C) long tensor).
+
+    ``index`` is the day's retrieval index (:func:`build_index`); without one, a new index is
+    built from ``gen`` first, so the result depends on the world and ``gen`` only (a day builds
+    its index once and passes it to every batch)."""
     if index is None:
-        index = retrieval_index(world, gen)
+        index = build_index(world, gen)
     counts = source_counts(world.cfg.candidates)
     b = users.shape[0]
     c = world.cfg.candidates.n_candidates

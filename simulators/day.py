@@ -244,7 +244,6 @@ def end_of_day(world: World, day_users: torch.Tensor, gen: torch.Generator) -> N
     world.items.popularity.mul_(cfg.items.popularity_decay)
     world.day += 1
     append_items(world, cfg.items.items_per_day, gen)
-    world.retrieval_cache = None
 
 
 def _serve_into(world: World, requests: Requests, policy: Policy, gen: torch.Generator,
@@ -365,7 +364,6 @@ def simulate_day(world: World, policy: Policy, gen: torch.Generator, batch_size:
         raise ValueError(f"batch_size = {batch_size}: must be a positive number of requests")
     g_requests, g_retrieval, g_response, g_dynamics = (child_generator(gen) for _ in range(4))
     index = build_index(world, g_retrieval)
-    world.retrieval_cache = index
     day_users = sample_day_users(world, g_requests)  # (R,)
     n_requests = day_users.shape[0]
     if n_requests == 0:

@@ -25,10 +25,13 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base for all configs: no unknown keys, validated on assignment, field docstrings kept."""
+    """Base for all configs: no unknown keys, immutable, field docstrings kept.
+
+    Frozen: assigning to a field (or a nested config's field) would skip the cross-field checks
+    of the enclosing config. Change a config with :func:`replace` (validated) instead."""
 
     model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False
+        extra="forbid", use_attribute_docstrings=True, frozen=True
     )
 
 
@@ -100,6 +103,27 @@ def validate(model: type[M], data: Any, source: str = "") -> M:
         raise ConfigError(
             "invalid config:\n" + format_validation_error(err, model, source)
         ) from None
+
+
+def replace(cfg: M, **changes: Any) -> M:
+    """A copy of ``cfg`` with fields changed, validated as a whole like a new config (so the
+    cross-field checks run; :class:`ConfigError` names what is wrong).
+
+    A mapping given for a field whose current value is a mapping or a config is merged into it
+    (``replace(world_cfg, candidates={"n_candidates": 50})`` keeps the other candidate
+    settings); any other value, a config object included, replaces the field."""
+    return validate(type(cfg), _merge(cfg.model_dump(), changes))
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = _merge(out[key], value)
+        out[key] = value
+    return out
 
 
 def read_yaml(path: str | Path) -> dict:

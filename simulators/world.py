@@ -67,8 +67,6 @@ class World:
     topic_quality: torch.Tensor  # (T,) mean quality per topic
     cohort_centres: torch.Tensor  # (G, M, D) the cohorts' interest mode centres
     day: int = 0
-    retrieval_cache: object | None = dataclasses.field(default=None, repr=False)
-    """Derived retrieval index (see simulators.candidates); rebuilt when stale, never cloned."""
     day_buffers: object | None = dataclasses.field(default=None, repr=False)
     """Reusable memory for the day logs (a simulators.buffers.BufferPool); never cloned."""
 
@@ -105,7 +103,7 @@ class World:
         return World(
             cfg=self.cfg.model_copy(deep=True), users=copy(self.users), items=copy(self.items),
             topic_centres=self.topic_centres.clone(), topic_quality=self.topic_quality.clone(),
-            cohort_centres=self.cohort_centres.clone(), day=self.day, retrieval_cache=None,
+            cohort_centres=self.cohort_centres.clone(), day=self.day,
         )
 
 
@@ -149,7 +147,6 @@ def append_items(world: World, n: int, gen: torch.Generator) -> None:
     new = sample_items(world.cfg, n, world.day, world.topic_centres, world.topic_quality, gen)
     for f in dataclasses.fields(Items):
         setattr(world.items, f.name, torch.cat([getattr(world.items, f.name), getattr(new, f.name)]))
-    world.retrieval_cache = None
 
 
 def _lognormal(n: int, spread: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -44,8 +44,9 @@ def grpo(ctx: RunContext) -> Traces:
     """GRPO: group-normalised advantages, optional KL penalty (grpo: beta 0, grpo_kl: 0.05).
 
     How this differs from the paper: advantages weight the *sequence* log-probability and the
-    KL penalty is a sequence-level estimator (``kl_estimator``, k3 by default) of KL(pi || pi_0)
-    on the samples, where the paper uses token-level terms; one update per batch, so there is
+    KL penalty is a sequence-level estimator (``kl_estimator``, k3 by default: its gradient is
+    that of KL(pi_0 || pi), see ``objectives.kl_penalty``) on the samples, where the paper uses
+    token-level terms; one update per batch, so there is
     no importance ratio or clipping. Returns every sample with its reward (for sft_on_rl_traces).
     """
     B, G = ctx.cfg.batch_prompts, ctx.cfg.group_size

@@ -70,11 +70,16 @@ class RegimeConfig(StrictModel):
     ``streaming``: train after every served batch, so the next batch is served by the updated
     policy."""
     beta: float = 0.0
-    """KL penalty coefficient, loss += beta * E[KL(pi || pi_0)] estimated on fresh samples of the
-    current policy against the frozen base policy. 0 turns it off."""
+    """KL penalty coefficient of policy-gradient losses: loss += beta * mean of ``kl_estimator``
+    on the fresh samples of the current policy against the frozen base policy pi_0. 0 turns it
+    off. Which KL its gradient follows depends on the estimator (see ``kl_estimator``)."""
     kl_estimator: KLEstimator = "k3"
-    """Estimator of the KL penalty (Schulman's note): ``k1`` = -log r, ``k2`` = (log r)^2/2,
-    ``k3`` = (r - 1) - log r with r = pi_0(y) / pi(y) (k3, as in GRPO, is unbiased and >= 0)."""
+    """Estimator of the KL penalty (Schulman's note), r = pi_0(y) / pi(y): ``k3`` = (r - 1) -
+    log r (GRPO's choice; as a loss term its expected gradient is that of the forward KL(pi_0 ||
+    pi)), ``k2`` = (log r)^2/2 (gradient of the reverse KL(pi || pi_0)). ``k1`` = -log r is
+    refused with beta > 0: its expected gradient is zero, so it would not penalise anything. The
+    ``kl`` training statistic is the estimator's value, an estimate of KL(pi || pi_0) (k3:
+    unbiased)."""
     group_size: int = Field(default=1, ge=1, le=256)
     """G: slates sampled per request (``data: initial | fresh | traces``). GRPO and PPO with
     ``group_source: simulator`` need G >= 2 (the paper uses 5)."""
@@ -162,6 +167,15 @@ def _problems(r: RegimeConfig) -> list[str]:
     if r.data in ("logged", "teacher") and r.group_size != 1:
         out.append(f"group_size = {r.group_size}: data = {r.data!r} has exactly one slate per "
                    "request; set group_size: 1")
+    if r.beta > 0 and not r.is_policy_gradient:
+        out.append(f"beta = {r.beta}: the KL penalty is a term of the policy-gradient losses "
+                   f"(reinforce, grpo, ppo), not of loss = {r.loss!r}: set beta: 0, or use a "
+                   "policy-gradient loss with data: fresh")
+    elif r.beta > 0 and r.kl_estimator == "k1":
+        out.append("kl_estimator = 'k1' with beta > 0: as a loss term k1 = -log r has zero "
+                   "expected gradient (E_pi[grad log pi] = 0), so the penalty would do nothing; "
+                   "use kl_estimator: k3 (the gradient of KL(pi_0 || pi), as in GRPO) or k2 "
+                   "(the gradient of KL(pi || pi_0))")
     if r.beta > 0 and r.data != "fresh":
         out.append(f"beta = {r.beta}: the KL penalty is estimated on slates sampled from the "
                    f"current policy, which data = {r.data!r} does not provide: set beta: 0 or "

@@ -28,11 +28,13 @@ class TrainStats:
     slates: int = 0
     kept: torch.Tensor | int = 0
     kl_sum: torch.Tensor | float = 0.0
+    kl_updates: int = 0
 
     def add_update(self, loss: torch.Tensor, kl: torch.Tensor | None = None) -> None:
         self.loss_sum = self.loss_sum + loss.detach()
         if kl is not None:
             self.kl_sum = self.kl_sum + kl.detach()
+            self.kl_updates += 1
         self.updates += 1
 
     def add_slates(self, rewards: torch.Tensor, keep: torch.Tensor | None = None) -> None:
@@ -49,7 +51,7 @@ class TrainStats:
             "loss": float(self.loss_sum) / self.updates if self.updates else nan,
             "reward": float(self.reward_sum) / self.slates if self.slates else nan,
             "kept": float(self.kept) / self.slates if self.slates else nan,
-            "kl": float(self.kl_sum) / self.updates if self.updates else nan,
+            "kl": float(self.kl_sum) / self.kl_updates if self.kl_updates else nan,
             "updates": float(self.updates),
         }
 

@@ -69,6 +69,7 @@ def test_presets_merge_shared_then_preset_then_overrides():
         ({"pretrain": {"target_share": 1.5}}, r"pretrain.target_share = 1.5.*<= 1.0"),
         ({"runtime": {"precision": "8-bit"}}, "runtime.precision"),
         ({"surprise": 1}, "surprise: unknown key"),
+        ({"regime": {"kl_estimator": "k1"}}, "kl_estimator = 'k1'.*zero expected gradient"),
     ],
 )
 def test_bad_configs_name_the_field(data, message):

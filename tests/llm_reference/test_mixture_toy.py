@@ -34,7 +34,7 @@ from llm_reference.mixture_toy import (
     run_mixture_toy,
 )
 from recsys_onpolicy.results import check_schema
-from simulators.typed_config import ConfigError, validate
+from simulators.typed_config import ConfigError, replace, validate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,9 +55,8 @@ def gen(seed: int = 0) -> torch.Generator:
 def tiny_cfg(**kw) -> MixtureToyConfig:
     """All four cases (and the factor ablation) with a few steps and samples."""
     cfg = MixtureToyConfig(samples_per_step=200, **kw)
-    cfg.bimodal.steps = 6
-    cfg.unimodal.steps = 6
-    return cfg
+    return replace(cfg, bimodal=replace(cfg.bimodal, steps=6),
+                   unimodal=replace(cfg.unimodal, steps=6))
 
 
 # ------------------------------------------------------------------ overlap, KL, bookkeeping
@@ -205,8 +204,8 @@ def test_same_seed_same_frame_and_runs_do_not_depend_on_each_other():
 
 def test_divergence_stops_the_run_and_is_marked():
     cfg = tiny_cfg(inits=["unimodal"], parametrization="unconstrained")
-    cfg.unimodal.forward_lrs = [1e4]  # log-std explodes within a few steps
-    cfg.unimodal.reverse_lrs = []
+    # log-std explodes within a few steps
+    cfg = replace(cfg, unimodal=replace(cfg.unimodal, forward_lrs=[1e4], reverse_lrs=[]))
     frame = run_mixture_toy(cfg, gen(0))
     assert frame["value"].is_finite().all()
     row = gain_drop_table(frame).row(0, named=True)

@@ -86,7 +86,7 @@ def test_probe_set_is_fixed_per_cohort_and_leaves_the_world_alone():
     k, c = world.cfg.slate_size, world.cfg.candidates.n_candidates
     assert a.slates.shape == (60, k) and a.candidates.shape == (60, c)
     assert all(row.unique().numel() == k for row in a.slates)  # distinct positions
-    assert world.retrieval_cache is None and torch.equal(world.users.interests, interests)
+    assert torch.equal(world.users.interests, interests)
     # capped at the cohort size (100 users per cohort in the tiny world)
     assert len(make_probe_set(world, 10_000, make_generator(5))) == world.n_users
     # round trip through plain tensors (checkpoints)

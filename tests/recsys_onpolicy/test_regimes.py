@@ -57,6 +57,9 @@ def test_every_preset_resolves_and_names_itself():
     ({"preset": "reinforce", "data": "logged"}, ["loss = 'reinforce'", "data: fresh"]),
     ({"preset": "grpo", "filter": "positive"}, ["filter = 'positive'", "filter: all"]),
     ({"preset": "teacher_sft", "beta": 0.1}, ["beta = 0.1", "data: fresh"]),
+    ({"preset": "iterative_sft", "beta": 0.5}, ["beta = 0.5", "loss = 'nll'", "beta: 0"]),
+    ({"preset": "grpo_kl", "kl_estimator": "k1"},
+     ["kl_estimator = 'k1'", "zero expected gradient", "k3", "k2"]),
     ({"preset": "self_sft", "rounds": 3}, ["rounds = 3", "rounds: 1"]),
     ({"preset": "grpo_batch", "group_size": 5}, ["group_size = 5", "group_size: 1"]),
     ({"preset": "self_sft", "reward": "expected"}, ["filter = 'positive'", "reward: clicks"]),
@@ -272,6 +275,9 @@ def test_kl_is_zero_while_the_policy_equals_the_reference(world_and_log):
     ctx = context(world, "grpo_kl", batch_size=len(log))  # one update: policy == pi_0 when sampled
     train_on(ctx, log)
     assert ctx.stats.updates == 1 and ctx.stats.means()["kl"] == 0.0
+    no_kl = context(world, "grpo", batch_size=len(log))
+    train_on(no_kl, log)
+    assert no_kl.stats.updates == 1 and math.isnan(no_kl.stats.means()["kl"])  # not measured
 
 
 def test_positive_filter_keeps_clicked_slates_and_skips_empty_batches(world_and_log):

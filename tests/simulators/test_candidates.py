@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 from simulators import presets
 from simulators.candidates import (
     build_index,
-    retrieval_index,
     sample_candidates,
     source_counts,
 )
@@ -97,13 +96,16 @@ def test_interest_source_prefers_the_users_topics():
     assert on_topic > 0.5  # uniform retrieval would give about 1/8
 
 
-def test_index_is_cached_per_day_and_catalogue():
+def test_candidates_depend_on_the_world_and_the_generator_only():
+    """Without an index the draw is a function of (world, gen): earlier calls and clones do not
+    change it, and the world is not written to."""
     w = make_world(presets.tiny(), make_generator(0))
-    g = make_generator(1)
-    a = retrieval_index(w, g)
-    assert retrieval_index(w, g) is a
-    w.day += 1
-    assert retrieval_index(w, g) is not a
+    users = torch.arange(40)
+    first = sample_candidates(w, users, make_generator(7))
+    sample_candidates(w, users, make_generator(8))  # another caller, another stream
+    assert torch.equal(sample_candidates(w, users, make_generator(7)), first)
+    assert torch.equal(sample_candidates(w.clone(), users, make_generator(7)), first)
+    assert not torch.equal(sample_candidates(w, users, make_generator(8)), first)
 
 
 @pytest.mark.parametrize("n_items", [20, 21, 25])

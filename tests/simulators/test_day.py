@@ -48,10 +48,17 @@ def test_a_day_keeps_its_invariants():
 
 
 def test_true_probs_are_the_ground_truth_before_the_update():
-    w = tiny()
+    """With fatigue and reinforcement on, serving a slate changes the user's click
+    probabilities; the logged ones are those the user had when served (each user requests once
+    a day, so that is the state at the start of the day)."""
+    w = tiny(dynamics={"fatigue": {"enabled": True}, "reinforcement": {"enabled": True}})
     snapshot = w.clone()
-    log = simulate_day(w, uniform_random_policy(5, make_generator(1)), make_generator(2))
+    log = simulate_day(w, uniform_random_policy(5, make_generator(1)), make_generator(2),
+                       batch_size=16)
     assert torch.allclose(log.true_probs, click_probs(snapshot, log.users, log.items))
+    w.day = snapshot.day  # the same items, the users' state after serving
+    after = click_probs(w, log.users, log.items)
+    assert (after - log.true_probs).abs().max() > 1e-3  # serving changed them: the check bites
 
 
 def test_batches_stream_through_on_batch():

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import Field
 
-from simulators.typed_config import ConfigError, StrictModel, load_model, validate
+from simulators.typed_config import ConfigError, StrictModel, load_model, replace, validate
 
 
 class Inner(StrictModel):
@@ -52,3 +52,28 @@ def test_load_model_missing_and_bad_yaml(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text("n: 5\ninner: {rate: 0.25}\n")
     assert load_model(Outer, ok).inner.rate == 0.25
+
+
+def test_configs_are_immutable_and_replace_validates_the_whole():
+    """Assignment would bypass the enclosing config's cross-field checks, so it is refused;
+    ``replace`` merges nested mappings and runs every check (here WorldConfig's C >= K)."""
+    from pydantic import ValidationError
+
+    from simulators import presets
+
+    cfg = presets.tiny()
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.candidates.n_candidates = 2  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.slate_size = 50  # type: ignore[misc]
+    assert cfg.slate_size == presets.tiny().slate_size  # nothing was kept
+    more = replace(cfg, candidates={"n_candidates": cfg.candidates.n_candidates + 5})
+    assert more.candidates.n_candidates == cfg.candidates.n_candidates + 5
+    assert more.candidates.model_dump(exclude={"n_candidates"}) == \
+        cfg.candidates.model_dump(exclude={"n_candidates"})  # merged, not reset
+    with pytest.raises(ConfigError, match="n_candidates"):
+        replace(cfg, candidates={"n_candidates": cfg.slate_size - 1})
+    outer = replace(Outer(), inner=Inner(rate=1.0), n=4)
+    assert (outer.n, outer.inner.rate) == (4, 1.0)
+    with pytest.raises(ConfigError, match="inner.rate = 2.0"):
+        replace(outer, inner={"rate": 2.0})
