@@ -5,7 +5,8 @@ Three views, each reading only the long result schema:
 - KL(pi_0 || pi_t) vs drop per domain with Pearson r and R^2 (``plots.kl_drop_scatter``);
 - drop over *normalised* training progress (step / last step of each run), so 60 recsys days and
   200 LM updates share one x-axis; one panel per domain (their units differ).
-Curves and bars are coloured by regime, the same colour in every domain.
+Curves, bars and points are coloured by regime, the same colour in every domain and
+experiment (``plots.styles_for``).
 """
 from __future__ import annotations
 
@@ -100,12 +101,12 @@ def side_by_side_table(frame: pl.DataFrame) -> pl.DataFrame:
 def gain_drop_bars(frame: pl.DataFrame) -> Figure:
     """Bars of last-step gain and drop per regime with 95% intervals; one row per domain."""
     table = regime_labels(gain_drop_table(frame))
-    colors = plots.colors_for(regime_labels(frame)["label"])
+    styles = plots.styles_for(regime_labels(frame))
     domains = sorted(table["domain"].unique().to_list())
     fig, axes = plots.grid(2 * len(domains), ncols=2)
     for i, (d, p) in enumerate((d, p) for d in domains for p in ("gain", "drop")):
         part = table.filter(pl.col("domain") == d)
-        draw_bars(axes[i], part, p, [colors[r] for r in part["label"]])
+        draw_bars(axes[i], part, p, [styles[r].color for r in part["label"]])
         axes[i].set(title=f"{d}: {p}", ylabel=p + (" (clicks/slate)" if d == "recsys" else ""))
     plots.suptitle(fig, "Gain and drop per regime, last step (mean over seeds, 95% interval)")
     return fig
@@ -144,13 +145,13 @@ def progress_curves(frame: pl.DataFrame, metric: str = "probe/drop") -> Figure:
     """``metric`` over normalised training progress, one panel per domain, one line per regime."""
     plots.require(frame, metric)
     labelled = regime_labels(frame)
-    colors = plots.colors_for(labelled["label"])  # same colours as the bars
+    styles = plots.styles_for(labelled)  # same colours as the bars
     data = normalised_progress(labelled).filter(pl.col("metric") == metric)
     domains = sorted(data["domain"].unique().to_list())
     fig, axes = plots.grid(len(domains), ncols=2)
     for ax, d in zip(axes, domains):
         plots.draw_bands(ax, plots.mean_band(data.filter(pl.col("domain") == d), metric,
-                                             POPULATION), colors)
+                                             POPULATION), styles)
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set(title=f"{d}: {metric}", xlabel="training progress (step / last step of the run)",
                ylabel=metric.split("/")[-1] + (" (clicks/slate)" if d == "recsys" else ""))

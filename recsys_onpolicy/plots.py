@@ -3,13 +3,15 @@
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot, no global state, no window):
 saving one renders it with the Agg backend. Curves are the mean over seeds with a band for the
 95% Student-t interval (``recsys_onpolicy.metrics.mean_ci95``; one seed draws no band). Lines are
-labelled by regime (prefixed by experiment / domain when the frame holds several), with one
-colour per label across every figure. A function whose metrics are absent raises ValueError
-naming them; the report checks presence first and skips the section.
+labelled by regime (prefixed by experiment / domain when the frame holds several). A regime has
+one colour in every figure, experiment and domain; the experiment / domain prefix is told apart
+by line style (curves) and marker (points) (:func:`styles_for`). A function whose metrics are
+absent raises ValueError naming them; the report checks presence first and skips the section.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -49,13 +51,41 @@ def with_labels(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(label.alias("label"))
 
 
-def colors_for(labels) -> dict[str, tuple]:
-    """A fixed colour per label (sorted, tab10 then tab20), so figures agree with each other."""
+@dataclass(frozen=True)
+class Style:
+    """How one label is drawn: its regime's colour, its experiment's line style and marker."""
+
+    color: tuple
+    line: str = "-"
+    marker: str = "o"
+
+
+LINES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def colors_for(names) -> dict[str, tuple]:
+    """A fixed colour per name (sorted, tab10 then tab20)."""
     from matplotlib import colormaps
 
-    names = sorted(set(labels))
+    names = sorted(set(names))
     cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+def styles_for(frame: pl.DataFrame) -> dict[str, Style]:
+    """A style per label of the (labelled) frame: the colour of its regime, so a regime looks the
+    same in every experiment and domain, and the line style / marker of its (domain,
+    experiment), in sorted order. Build it from the whole frame, so every figure agrees."""
+    rows = with_labels(frame).select("label", "regime", "domain", "experiment").unique()
+    colors = colors_for(rows["regime"])
+    sources = sorted(set(zip(rows["domain"], rows["experiment"])))
+    out = {}
+    for label, regime, domain, experiment in rows.sort(["domain", "experiment"]).iter_rows():
+        i = sources.index((domain, experiment))
+        out.setdefault(label, Style(colors[regime], LINES[i % len(LINES)],
+                                    MARKERS[i % len(MARKERS)]))
+    return out
 
 
 def require(frame: pl.DataFrame, *metrics: str) -> None:
@@ -98,12 +128,12 @@ def mean_band(frame: pl.DataFrame, metric: str, groups: pl.Expr | None = None) -
     )
 
 
-def draw_bands(ax: Axes, band: pl.DataFrame, colors: dict, linestyle: str = "-") -> None:
+def draw_bands(ax: Axes, band: pl.DataFrame, styles: dict[str, Style]) -> None:
     """One line (mean) and one shaded band (95% interval) per label of a :func:`mean_band` frame."""
     for (label,), part in band.group_by(["label"], maintain_order=True):
-        c = colors[label]
-        ax.plot(part["step"], part["mean"], linestyle, color=c, label=label, lw=1.6)
-        ax.fill_between(part["step"], part["low"], part["high"], color=c, alpha=0.18, lw=0)
+        s = styles[label]
+        ax.plot(part["step"], part["mean"], s.line, color=s.color, label=label, lw=1.6)
+        ax.fill_between(part["step"], part["low"], part["high"], color=s.color, alpha=0.18, lw=0)
 
 
 def suptitle(fig: Figure, text: str) -> None:
@@ -134,12 +164,12 @@ def forgetting_curves(frame: pl.DataFrame) -> Figure:
     require(frame, "probe/forgetting")
     metrics = ["probe/forgetting"] + (
         ["probe/forgetting_vs_control"] if has_metric(frame, "probe/forgetting_vs_control") else [])
-    colors = colors_for(with_labels(frame)["label"])
+    styles = styles_for(frame)
     fig, axes = grid(len(metrics), ncols=2)
     titles = {"probe/forgetting": "forgetting of the removed cohort",
               "probe/forgetting_vs_control": "forgetting minus paired control"}
     for ax, m in zip(axes, metrics):
-        draw_bands(ax, mean_band(frame, m), colors)
+        draw_bands(ax, mean_band(frame, m), styles)
         ax.axhline(0, color="0.6", lw=0.8)
         mark_removal(ax, removal_days(frame))
         ax.set(title=titles[m], xlabel="day", ylabel="AUC(day D) - AUC(day t)")
@@ -159,19 +189,22 @@ def cohort_order(frame: pl.DataFrame) -> list[str]:
 
 
 def cohort_auc_curves(frame: pl.DataFrame) -> Figure:
-    """Cohort-holdout AUC per cohort over days, per regime, with the oracle AUC as the ceiling."""
+    """Cohort-holdout AUC per cohort over days, per regime, with the oracle AUC as the ceiling.
+
+    The oracle is each run's own (with dynamics on, every regime's world moves its own way): one
+    black dashed line where all labels share it, else one thin dashed line per label in its
+    colour."""
     require(frame, "probe/auc")
     cohorts = cohort_order(frame)
     shown = cohorts[:MAX_PANELS]
     removed = set(frame.filter(pl.col("metric") == "probe/forgetting")["group"].drop_nulls())
-    colors = colors_for(with_labels(frame)["label"])
+    styles = styles_for(frame)
     fig, axes = grid(len(shown), sharex=True)
     for ax, c in zip(axes, shown):
         in_cohort = pl.col("group") == c
-        draw_bands(ax, mean_band(frame, "probe/auc", in_cohort), colors)
-        oracle = select_mean(frame, "probe/auc_oracle", in_cohort)
-        if oracle.height:
-            ax.plot(oracle["step"], oracle["value"], "--", color="k", lw=1, label="oracle ceiling")
+        draw_bands(ax, mean_band(frame, "probe/auc", in_cohort), styles)
+        if has_metric(frame.filter(in_cohort), "probe/auc_oracle"):
+            draw_oracle(ax, mean_band(frame, "probe/auc_oracle", in_cohort), styles)
         if c in removed:
             mark_removal(ax, removal_days(frame.filter(in_cohort)))
         ax.set(title=f"cohort {c}" + (" (removed)" if c in removed else ""),
@@ -182,10 +215,20 @@ def cohort_auc_curves(frame: pl.DataFrame) -> Figure:
     return fig
 
 
-def select_mean(frame: pl.DataFrame, metric: str, groups: pl.Expr) -> pl.DataFrame:
-    """Per step: the metric's mean over every run and selected group (e.g. the oracle ceiling)."""
-    rows = frame.filter((pl.col("metric") == metric) & groups)
-    return rows.group_by("step").agg(pl.col("value").mean()).sort("step")
+def draw_oracle(ax: Axes, band: pl.DataFrame, styles: dict[str, Style]) -> None:
+    """The oracle ceiling of a :func:`mean_band` frame: one line if every label has the same
+    curve, else one per label."""
+    curves = {label: part.sort("step") for (label,), part in band.group_by(["label"])}
+    first = next(iter(curves.values()))
+    shared = all(p["step"].equals(first["step"])
+                 and np.allclose(p["mean"].to_numpy(), first["mean"].to_numpy(), rtol=0, atol=1e-9)
+                 for p in curves.values())
+    if shared:
+        ax.plot(first["step"], first["mean"], "--", color="k", lw=1, label="oracle ceiling")
+        return
+    for label, part in sorted(curves.items()):
+        ax.plot(part["step"], part["mean"], "--", color=styles[label].color, lw=0.9,
+                label=f"{label} oracle")
 
 
 # ---------------------------------------------------------------- KL vs drop
@@ -214,13 +257,14 @@ def kl_drop_scatter(frame: pl.DataFrame) -> Figure:
     points = kl_drop_points(frame)
     if points.height == 0:
         raise ValueError("no run has both probe/kl_to_base and probe/drop: nothing to plot")
-    colors = colors_for(points["label"])
+    styles = styles_for(frame)  # the whole frame's, as in the other figures
     domains = sorted(points["domain"].unique().to_list())
     fig, axes = grid(len(domains), ncols=2)
     for ax, d in zip(axes, domains):
         part = points.filter(pl.col("domain") == d)
         for (label,), p in part.group_by(["label"], maintain_order=True):
-            ax.scatter(p["kl"], p["drop"], color=colors[label], label=label, s=28)
+            s = styles[label]
+            ax.scatter(p["kl"], p["drop"], color=s.color, marker=s.marker, label=label, s=28)
         draw_fit(ax, part["kl"].to_numpy(), part["drop"].to_numpy())
         ax.set(title=fit_title(d, part["kl"], part["drop"]),
                xlabel="KL(pi_0 || pi_t) on training contexts (nats)",
@@ -249,10 +293,10 @@ def metric_curves(frame: pl.DataFrame, metrics: list[str], title: str) -> Figure
     """
     require(frame, *metrics)
     shown = metrics[:MAX_PANELS]
-    colors = colors_for(with_labels(frame)["label"])
+    styles = styles_for(frame)
     fig, axes = grid(len(shown))
     for ax, m in zip(axes, shown):
-        draw_bands(ax, mean_band(frame, m), colors)
+        draw_bands(ax, mean_band(frame, m), styles)
         grouped = frame.filter((pl.col("metric") == m) & pl.col("group").is_not_null()).height
         ax.set(title=m + (" (mean over groups)" if grouped else ""),
                xlabel=step_unit(frame.filter(pl.col("metric") == m)),
@@ -281,11 +325,11 @@ def gain_drop_curves(frame: pl.DataFrame) -> Figure:
     if not metrics:
         raise ValueError("the frame has no target/gain or probe/drop rows: nothing to plot")
     domains = sorted(frame.filter(pl.col("metric").is_in(metrics))["domain"].unique().to_list())
-    colors = colors_for(with_labels(frame)["label"])
+    styles = styles_for(frame)
     fig, axes = grid(len(domains) * len(metrics), ncols=len(metrics))
     for i, (d, m) in enumerate((d, m) for d in domains for m in metrics):
         part = with_labels(frame).filter(pl.col("domain") == d)
-        draw_bands(axes[i], mean_band(part, m, POPULATION), colors)
+        draw_bands(axes[i], mean_band(part, m, POPULATION), styles)
         axes[i].axhline(0, color="0.6", lw=0.8)
         axes[i].set(title=f"{d}: {m.split('/')[-1]}", xlabel="day" if d == "recsys" else "step",
                     ylabel=m.split("/")[-1] + (" (clicks/slate)" if d == "recsys" else ""))
@@ -323,7 +367,7 @@ def sweep_frontier(frame: pl.DataFrame) -> Figure:
     """Gain vs drop of every sweep trial, labelled by learning rate, with each regime's frontier."""
     require(frame, SWEEP_METRIC, "target/gain", "probe/drop")
     points = sweep_points(frame)
-    colors = colors_for(points["regime"])
+    colors = colors_for(frame["regime"])  # the same regime colours as every other figure
     domains = sorted(points["domain"].unique().to_list())
     fig, axes = grid(len(domains), ncols=2)
     for ax, d in zip(axes, domains):

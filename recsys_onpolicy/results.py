@@ -4,7 +4,8 @@ Columns: ``domain, experiment, regime, seed, step, metric, value, group``; ``gro
 or task a value belongs to (null for population-wide values). Metric names are a stable API read
 by the report, the cross-domain comparison and optuna, in fixed namespaces:
 
-- ``probe/...``  cohort-holdout AUC and its oracle ceiling, KL to base, feedback-loop metrics
+- ``probe/...``  cohort-holdout AUC and its oracle ceiling, KL to base, forgetting, drop
+- ``feedback/...`` feedback-loop metrics (coverage, concentration, diversity, ...)
 - ``target/...`` the metric being optimised (expected clicks, target accuracy)
 - ``train/...``  losses and training statistics
 - ``drift/...``  parameter drift

@@ -49,7 +49,8 @@ def forgetting_rows(
 
     Args:
         run: metrics (result schema) of one or several runs with the removal.
-        removal_day: D, the first step without the cohort's data (``removal.from_day``).
+        removal_day: D (``removal.from_day``): step D is the model after days 0 .. D-1, the
+            last one trained on the cohort's data, and the baseline of the forgetting rows.
         cohorts: the removed cohort ids.
         control: metrics of the paired control runs (same config but no removal), or None.
         pair_on: columns that pair a run with its control (its experiment name may differ);

@@ -69,6 +69,48 @@ def test_cohort_auc_curves_put_the_removed_cohort_first_with_the_oracle_ceiling(
     assert len(oracle) == 1 and set(oracle[0].get_ydata()) == {0.9}
 
 
+def test_oracle_ceiling_is_drawn_per_regime_when_the_worlds_differ():
+    """With dynamics on each regime's world has its own oracle: no averaged 'ceiling' that a
+    regime's AUC could sit above."""
+    out = []
+    for regime, oracle in (("grpo", 0.9), ("supervised_daily", 0.7)):
+        for day in range(3):
+            out += rows(regime=regime, step=day, group="c0", probe__auc=oracle - 0.05,
+                        probe__auc_oracle=oracle)
+    (ax,) = visible_axes(plots.cohort_auc_curves(to_frame(out)))
+    oracles = {ln.get_label(): set(ln.get_ydata()) for ln in ax.get_lines()
+               if "oracle" in ln.get_label()}
+    assert oracles == {"grpo oracle": {0.9}, "supervised_daily oracle": {0.7}}
+    colours = {ln.get_label(): ln.get_color() for ln in ax.get_lines()}
+    assert colours["grpo oracle"] == colours["grpo"]
+
+
+def test_a_regime_has_one_colour_in_every_experiment_and_figure():
+    """Labels carry the experiment prefix when there are several; the colour follows the regime
+    and the line style / marker the experiment, and the KL scatter (whose points may miss a
+    label) uses the colours of the curves."""
+    out = []
+    for exp in ("exp", "exp/control"):
+        for regime in ("grpo", "supervised_daily"):
+            for step in (0, 1, 2):
+                out += rows(regime=regime, experiment=exp, step=step, target__gain=step * 0.1,
+                            probe__drop=0.01 * step)
+            if exp == "exp" and regime == "supervised_daily":
+                out += rows(regime=regime, experiment=exp, step=2, probe__kl_to_base=0.3)
+    frame = to_frame(out)
+    styles = plots.styles_for(frame)
+    assert set(styles) == {"exp: grpo", "exp: supervised_daily", "exp/control: grpo",
+                           "exp/control: supervised_daily"}
+    assert styles["exp: grpo"].color == styles["exp/control: grpo"].color
+    assert styles["exp: grpo"].color != styles["exp: supervised_daily"].color
+    assert styles["exp: grpo"].line != styles["exp/control: grpo"].line
+    curves = visible_axes(plots.gain_drop_curves(frame))[0]
+    colour = {ln.get_label(): ln.get_color() for ln in curves.get_lines()}
+    (scatter,) = visible_axes(plots.kl_drop_scatter(frame))
+    (points,) = scatter.collections
+    assert tuple(points.get_facecolor()[0]) == pytest.approx(colour["exp: supervised_daily"])
+
+
 def test_kl_drop_scatter_titles_carry_pearson_r_and_r2_per_domain():
     xs, ys = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 5.0, 4.0]  # r = 3.5 / sqrt(5 * 4.75)
     out = []
