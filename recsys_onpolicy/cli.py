@@ -80,7 +80,7 @@ def _prepare(args) -> tuple[dict, Path]:
     data = load_experiment_data(args.config, args.overrides, getattr(args, "seeds", None))
     validate_experiment(data, source=f"{args.config}: ")
     out = args.out or Path("runs") / str(data.get("experiment", args.config.stem))
-    out = prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite)
+    out = prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite, keep=[args.config])
     if args.resume:
         check_resume_config(out, data)
     else:
@@ -118,7 +118,7 @@ def cmd_sweep(args) -> int:
 
     # the sweep's own requirements are checked before _prepare touches the output folder
     validate_sweep_experiment(load_experiment_data(args.config, args.overrides),
-                              source=f"{args.config}: ")
+                              source=f"{args.config}: ", storage=args.storage)
     data, out = _prepare(args)
     frame = run_sweep_experiment(data, out, storage=args.storage, trials=args.trials,
                                  progress=not args.no_progress)
@@ -148,6 +148,9 @@ def cmd_compare(args) -> int:
                               "'recsys-onpolicy run'")
     if args.out.exists() and args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a folder: give the path of an .html file")
+    if args.out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {args.out}: the comparison is an HTML page; give a path ending "
+                          "in .html (nothing else is overwritten)")
     try:
         path = write_comparison(args.run_dirs, args.out)
     except ValueError as err:  # e.g. the same run given twice: one line, not a traceback
@@ -165,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as err:
         print(f"recsys-onpolicy {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder that cannot be written, a full disk: no traceback
+        where = f": {err.filename}" if err.filename else ""
+        print(f"recsys-onpolicy {args.command}: error: {err.strerror or err}{where}",
+              file=sys.stderr)
         return 2
 
 

@@ -107,6 +107,7 @@ class RunTask:
     control: bool
     config: dict        # RecsysRunConfig as plain data (picklable for the worker processes)
     out: str
+    variant: str = "base"  # the variant it belongs to (its own removal settings)
 
     @property
     def experiment_suffix(self) -> str:
@@ -125,13 +126,14 @@ def expand(exp: RecsysExperiment, run_dir: Path) -> list[RunTask]:
             for spec in exp.regimes:
                 label = regime_label(spec) + ("" if not exp.variants else f"@{vname}")
                 data = dict(vdata, seed=seed, regime=_strip_name(spec))
-                validate(RecsysRunConfig, data, source=f"variant {vname}, regime {label}: ")
+                cfg = validate(RecsysRunConfig, data, source=f"variant {vname}, regime {label}: ")
                 where = run_dir / "runs" / vname / regime_label(spec)
-                tasks.append(RunTask(label, seed, False, data, str(where / f"seed={seed}")))
-                if exp.control and exp.run.removal.cohorts:
+                tasks.append(RunTask(label, seed, False, data, str(where / f"seed={seed}"),
+                                     vname))
+                if exp.control and cfg.removal.cohorts:
                     ctrl = dict(data, removal={"cohort": None, "from_day": 0})
                     tasks.append(RunTask(label, seed, True, ctrl,
-                                         str(where / f"seed={seed}-control")))
+                                         str(where / f"seed={seed}-control"), vname))
     return tasks
 
 
@@ -215,16 +217,20 @@ def _run_parallel(tasks, experiment, probes, cache, threads, jobs, bar) -> list[
 
 def with_forgetting(exp: RecsysExperiment, frames: list[pl.DataFrame],
                     tasks: list[RunTask]) -> pl.DataFrame:
-    """All runs' rows plus ``probe/forgetting`` (and ``..._vs_control``) for removed cohorts."""
-    runs = [f for f, t in zip(frames, tasks) if not t.control]
-    controls = [f for f, t in zip(frames, tasks) if t.control]
+    """All runs' rows plus ``probe/forgetting`` (and ``..._vs_control``) for removed cohorts,
+    each variant measured against its own removal (a variant may move ``removal.from_day``)."""
     everything = pl.concat(frames) if frames else to_frame([])
-    removal = exp.run.removal
-    if not removal.cohorts:
-        return everything
-    extra = forgetting_rows(pl.concat(runs), removal.from_day, removal.cohorts,
-                            control=pl.concat(controls) if controls else None)
-    return pl.concat([everything, extra])
+    extra = []
+    for variant in dict.fromkeys(t.variant for t in tasks):
+        mine = [(f, t) for f, t in zip(frames, tasks) if t.variant == variant]
+        runs = [f for f, t in mine if not t.control]
+        controls = [f for f, t in mine if t.control]
+        removal = validate(RecsysRunConfig, next(t for _, t in mine if not t.control).config
+                           ).removal
+        if removal.cohorts and runs:
+            extra.append(forgetting_rows(pl.concat(runs), removal.from_day, removal.cohorts,
+                                         control=pl.concat(controls) if controls else None))
+    return pl.concat([everything, *extra]) if extra else everything
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -248,7 +254,14 @@ def load_experiment_data(path: str | Path, overrides: list[str] = (), seeds: int
 def validate_experiment(data: dict, source: str = "") -> RecsysExperiment | dict:
     """A validated recsys experiment, or (for llm) the data after the llm side's validation."""
     if data.get("domain", "recsys") == "recsys":
-        return validate(RecsysExperiment, data, source=source)
+        exp = validate(RecsysExperiment, data, source=source)
+        expand(exp, Path("."))  # every variant x regime validates before any folder is touched
+        for key, dev in (("run.model.device", exp.run.model.device),
+                         ("run.world.device", exp.run.world.device)):
+            if dev.startswith("cuda") and not torch.cuda.is_available():
+                raise ConfigError(f"{source}{key} = {dev!r} but this machine has no CUDA device: "
+                                  "use 'auto' (CUDA when present) or 'cpu'")
+        return exp
     module, _ = LLM_RUNNERS[data["experiment"]].split(":")
     importlib.import_module(module).validate_experiment(data, source)
     return data

@@ -41,6 +41,7 @@ same pi_0.
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections.abc import Callable
@@ -72,6 +73,7 @@ from recsys_onpolicy.regimes.base_policy import (
 from recsys_onpolicy.regimes.config import RegimeConfig
 from recsys_onpolicy.results import metric_rows, to_frame, write_metrics
 from recsys_onpolicy.run_config import RecsysRunConfig
+from recsys_onpolicy.run_dir import differing_keys
 from recsys_onpolicy.run_state import (
     generator_states,
     load_state,
@@ -88,6 +90,7 @@ from simulators.candidates import build_index
 from simulators.config import resolve_device
 from simulators.day import DayLog, Requests, make_requests, simulate_day
 from simulators.logs import day_log_to_frame, write_day
+from simulators.typed_config import ConfigError
 from simulators.world import World
 
 CHECKPOINT_FORMAT = 1
@@ -288,11 +291,13 @@ def save_checkpoint(state: RunState, out: Path) -> None:
 def restore_checkpoint(state: RunState, saved: dict) -> None:
     """Load a checkpoint into a state built by :func:`build_state` for the same config."""
     if saved.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint format {saved.get('format')} is not {CHECKPOINT_FORMAT}: "
-                         "start a new run folder")
+        raise ConfigError(f"checkpoint format {saved.get('format')} is not {CHECKPOINT_FORMAT}: "
+                          "start a new run folder")
     if saved["config"] != state.config.model_dump_json():
-        raise ValueError("the checkpoint in this folder was made with another config: resume with "
-                         "the same config, or use a new output folder")
+        diff = differing_keys(json.loads(saved["config"]), state.config.model_dump(mode="json"))
+        raise ConfigError(f"the checkpoint in this folder was made with another config (at "
+                          f"{', '.join(diff[:5]) or 'its serialised form'}): resume with the same "
+                          "config, or use a new output folder")
     cfg = state.config
     state.world = restore_world(saved["world"], cfg.world, state.world.device)
     state.policy.load_state_dict(saved["policy"])

@@ -17,7 +17,7 @@ from simulators.typed_config import ConfigError
 def parse_override(text: str) -> tuple[list[str], object]:
     """`'a.b=3'` -> (['a', 'b'], 3). Raises ConfigError on a malformed override."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set days=5")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set run.days=5")
     key, raw = text.split("=", 1)
     path = [p for p in key.strip().split(".")]
     if not key.strip() or any(not p for p in path):

@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from simulators.logs import write_parquet_atomic
+from simulators.typed_config import ConfigError
 
 SCHEMA: dict[str, pl.DataType] = {
     "domain": pl.Utf8,
@@ -71,4 +72,13 @@ def read_metrics(path: str | Path) -> pl.DataFrame:
     files = sorted(p.rglob("metrics.parquet")) if p.is_dir() else [p]
     if not files:
         raise FileNotFoundError(f"no metrics.parquet under {p}")
-    return check_schema(pl.concat([pl.read_parquet(f) for f in files], how="vertical"))
+    return check_schema(pl.concat([_read(f) for f in files], how="vertical"))
+
+
+def _read(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except pl.exceptions.PolarsError as err:
+        raise ConfigError(f"{path} is not a readable Parquet file ({type(err).__name__}): it was "
+                          "damaged or replaced; rerunning the run with --resume writes it again"
+                          ) from None

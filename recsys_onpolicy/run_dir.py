@@ -11,6 +11,7 @@ Layout (the same for every experiment and domain)::
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -18,12 +19,15 @@ import yaml
 from simulators.typed_config import ConfigError
 
 
-def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                    keep: Iterable[str | Path] = ()) -> Path:
     """Create ``out`` or check it may be used; raises ConfigError and touches nothing otherwise.
 
     - new folder: created.
     - existing, non-empty folder: an error unless ``resume`` (continue where it stopped) or
-      ``overwrite`` (delete it first: only when explicitly asked).
+      ``overwrite`` (delete it first: only when explicitly asked, only a run folder, i.e. one
+      holding ``config.yaml``, and never one that holds the working directory or a path in
+      ``keep``, e.g. the config file being run).
     """
     out = Path(out)
     if resume and overwrite:
@@ -39,11 +43,30 @@ def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
     if resume and not (out / "config.yaml").is_file():
         raise ConfigError(f"--resume: {out} holds no run (no config.yaml): run without --resume first")
     if busy and overwrite:
+        _check_deletable(out, keep)
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the output directory {out}: {err.strerror or err}; "
+                          "choose another --out") from None
     return out
 
 
+def _check_deletable(out: Path, keep: Iterable[str | Path]) -> None:
+    """ConfigError unless ``--overwrite`` may delete the folder ``out``."""
+    if out.is_symlink():
+        raise ConfigError(f"--overwrite: {out} is a symbolic link; give the folder it points to "
+                          f"({out.resolve()}) or another --out")
+    if not (out / "config.yaml").is_file():
+        raise ConfigError(f"--overwrite replaces a run folder, but {out} holds no config.yaml: it "
+                          "is not a run written by recsys-onpolicy, so it is left alone; choose "
+                          "another --out or empty it yourself")
+    real = out.resolve()
+    for path in [Path.cwd(), *map(Path, keep)]:
+        if path.resolve().is_relative_to(real):
+            raise ConfigError(f"--overwrite would delete {out}, which holds {path}; choose "
+                              "another --out")
 def write_config(out: Path, data: dict) -> Path:
     """Write the resolved config as ``config.yaml`` (atomically)."""
     path = out / "config.yaml"
@@ -55,9 +78,26 @@ def write_config(out: Path, data: dict) -> Path:
 
 def check_resume_config(out: Path, data: dict) -> None:
     """On --resume the config must equal the stored one: a changed config would mix two runs."""
-    stored = yaml.safe_load((out / "config.yaml").read_text())
+    path = out / "config.yaml"
+    try:
+        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--resume: {path} cannot be read ({type(err).__name__}); it was "
+                          "edited or damaged: restore it, or start a new --out") from None
     if stored != data:
+        diff = ", ".join(differing_keys(stored, data)[:5])
         raise ConfigError(
-            f"--resume: the config differs from the one stored in {out / 'config.yaml'}; "
+            f"--resume: the config differs from the one stored in {path} (at {diff}); "
             "resume with the same config and --set options, or start a new --out"
         )
+
+
+def differing_keys(a, b, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested mappings differ (a whole value where they are not both
+    mappings)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [prefix or "<top level>"]
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        out += differing_keys(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ import torch
 from simulators.atomic import atomic_write
 from simulators.config import WorldConfig
 from simulators.rng import make_generator
+from simulators.typed_config import ConfigError
 from simulators.world import Items, Users, World
 
 
@@ -96,5 +98,12 @@ def save_atomic(obj, path: str | Path) -> Path:
 
 
 def load_state(path: str | Path) -> dict:
-    """Read a file written by :func:`save_atomic` (``weights_only=True``, on the CPU)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a file written by :func:`save_atomic` (``weights_only=True``, on the CPU); a file
+    that cannot be read (truncated, overwritten by something else) raises ConfigError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise ConfigError(
+            f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120]}); it "
+            "was damaged or replaced: delete it to start that part again, or use a new --out"
+        ) from None

@@ -4,10 +4,14 @@ One optuna study per (experiment, regime), two objectives: maximise Gain, minimi
 (NSGA-II for >1 objective is overkill at these budgets, so trials sample the learning rate
 log-uniformly with a seeded TPE sampler and the frontier is read off afterwards). Studies live
 in optuna's RDB storage: SQLite in the run directory by default (``sqlite:///RUN_DIR/sweep.db``),
-or any URL given with ``--storage`` (e.g. ``postgresql://host/db``) so several machines can
-work on one study: each process asks for trials until the study holds ``trials`` of them.
-Interrupted sweeps resume: finished trials are kept, a trial that was running is marked failed
-and re-asked.
+or any URL given with ``--storage`` (e.g. ``postgresql://host/db``, with its database driver
+installed) so several machines can work on one study: each process asks for trials until the
+study holds ``trials`` of them. A study is named by experiment, regime and a digest of everything
+that defines a trial (the run config, the learning-rate range, the probes), so a changed config
+starts a new study instead of reading another one's trials. Interrupted sweeps resume: finished
+trials are kept; a process that is stopped marks its running trial failed, and a trial whose
+process died without a word (no heartbeat for ``GRACE_S`` seconds) is failed by the next
+process that joins, never a trial that another live process is running.
 
 The sweep writes its results in the long schema: ``experiment`` = the config's, ``regime`` =
 preset, ``seed`` = trial number, ``step`` = final step, metrics ``sweep/lr``, ``target/gain``,
@@ -15,17 +19,28 @@ preset, ``seed`` = trial number, ``step`` = final step, metrics ``sweep/lr``, ``
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+import warnings
 from collections.abc import Callable
+from pathlib import Path
+from typing import Self
 
 import optuna
 import polars as pl
 from pydantic import Field, model_validator
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 
 from recsys_onpolicy.results import metric_rows, to_frame
-from simulators.typed_config import StrictModel
+from simulators.typed_config import ConfigError, StrictModel
 
 # evaluate(regime, lr, trial_number) -> {"target/gain": g, "probe/drop": d, ...}, final step
 Evaluate = Callable[[str, float, int], tuple[dict[str, float], int]]
+HEARTBEAT_S = 30
+"""A running trial records a heartbeat this often (seconds)."""
+GRACE_S = 300
+"""A RUNNING trial without a heartbeat for this long belongs to a dead process and is failed."""
 
 
 class SweepConfig(StrictModel):
@@ -33,9 +48,9 @@ class SweepConfig(StrictModel):
     """Regime presets to sweep; one optuna study each."""
     trials: int = Field(8, ge=1, le=10_000)
     """Trials per regime (total across all processes sharing the storage)."""
-    lr_low: float = Field(1e-4, gt=0)
+    lr_low: float = Field(1e-4, gt=0, allow_inf_nan=False)
     """Lowest learning rate tried (log-uniform between lr_low and lr_high)."""
-    lr_high: float = Field(1e-1, gt=0)
+    lr_high: float = Field(1e-1, gt=0, allow_inf_nan=False)
     """Highest learning rate tried."""
     storage: str | None = None
     """Optuna RDB storage URL; None = sqlite:///<run dir>/sweep.db."""
@@ -52,13 +67,34 @@ class SweepConfig(StrictModel):
 
 
 def storage_url(cfg: SweepConfig, run_dir) -> str:
-    return cfg.storage or f"sqlite:///{run_dir}/sweep.db"
+    """``cfg.storage``, or SQLite in the run directory (any character in its path is safe)."""
+    if cfg.storage:
+        return cfg.storage
+    db = Path(run_dir).absolute() / "sweep.db"
+    return URL.create("sqlite", database=db.as_posix()).render_as_string(hide_password=False)
 
 
-def _study(cfg: SweepConfig, url: str, experiment: str, regime: str) -> optuna.Study:
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The RDB storage at ``url`` with heartbeats on; a bad URL, a missing database driver or an
+    unreachable database raises ConfigError (before anything is run)."""
+    try:
+        with _quiet():
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S,
+                                              grace_period=GRACE_S)
+    except ImportError as err:
+        raise ConfigError(f"sweep storage {url!r}: its database driver is not installed "
+                          f"({err}); install it (e.g. pip install psycopg2-binary for "
+                          "postgresql://) or use a sqlite:/// URL") from None
+    except (SQLAlchemyError, ValueError, OSError) as err:  # bad URL, unreachable database
+        raise ConfigError(f"sweep storage {url!r} cannot be opened ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:160]}); give a URL such as "
+                          "sqlite:////abs/path/sweep.db or postgresql://user@host/db") from None
+
+
+def _study(cfg: SweepConfig, storage, experiment: str, regime: str, key: str) -> optuna.Study:
     return optuna.create_study(
-        study_name=f"{experiment}/{regime}",
-        storage=url,
+        study_name=f"{experiment}/{regime}" + (f"@{key}" if key else ""),
+        storage=storage,
         directions=["maximize", "minimize"],
         sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed),
         load_if_exists=True,
@@ -70,25 +106,61 @@ def _finished(study) -> int:
     return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
-def _requeue_stale(study: optuna.Study) -> None:
-    """Trials left RUNNING by a killed process are failed so they are asked again."""
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+@contextlib.contextmanager
+def _quiet():
+    """Heartbeats are optuna-experimental and meant for ``Study.optimize``; this module drives
+    them itself with ask/tell (:class:`_Heartbeat`), so those warnings are noise here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        yield
+
+
+class _Heartbeat:
+    """Records a trial's heartbeat every HEARTBEAT_S seconds while the trial runs."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+        self.storage, self.trial_id, self.stop = storage, trial_id, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            self.storage.record_heartbeat(self.trial_id)
+            if self.stop.wait(HEARTBEAT_S):
+                return
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def run_sweep(cfg: SweepConfig, url: str, experiment: str, evaluate: Evaluate,
-              requeue: bool = True) -> pl.DataFrame:
-    """Run (or continue) the studies until each holds ``cfg.trials`` finished trials."""
+              key: str = "") -> pl.DataFrame:
+    """Run (or continue) the studies until each holds ``cfg.trials`` finished trials.
+
+    ``key`` (e.g. a digest of the run config) is part of the study names: studies with other
+    keys in the same storage are not read."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
     rows = []
     for regime in cfg.regimes:
-        study = _study(cfg, url, experiment, regime)
-        if requeue:
-            _requeue_stale(study)
+        study = _study(cfg, storage, experiment, regime, key)
+        with _quiet():
+            optuna.storages.fail_stale_trials(study)  # only trials of dead processes
         while _finished(study) < cfg.trials:
-            trial = study.ask()
+            with _quiet():
+                trial = study.ask()
             lr = trial.suggest_float("lr", cfg.lr_low, cfg.lr_high, log=True)
-            values, step = evaluate(regime, lr, trial.number)
+            try:
+                with _Heartbeat(storage, trial._trial_id):
+                    values, step = evaluate(regime, lr, trial.number)
+            except BaseException:  # stopped or failed: the trial is asked again later
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
             trial.set_user_attr("step", step)
             for k, v in values.items():
                 trial.set_user_attr(k, v)

@@ -8,12 +8,15 @@ both. Gain and Drop are the run's last-day ``target/gain`` and ``probe/drop``. T
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import polars as pl
 
 from recsys_onpolicy.experiment import RecsysExperiment, RunTask, _run_task, regime_label
-from recsys_onpolicy.sweep import run_sweep, storage_url
+from recsys_onpolicy.regimes.config import resolve_regime
+from recsys_onpolicy.sweep import open_storage, run_sweep, storage_url
 from simulators.typed_config import ConfigError, validate
 
 FINAL_METRICS = ("target/gain", "probe/drop", "probe/kl_to_base")
@@ -28,8 +31,11 @@ def last_values(frame: pl.DataFrame) -> tuple[dict[str, float], int]:
     return dict(zip(last["metric"].to_list(), last["value"].to_list())), step
 
 
-def validate_sweep_experiment(data: dict, source: str = "") -> RecsysExperiment:
-    """The validated experiment, or ConfigError unless it has a ``sweep`` and a removal."""
+def validate_sweep_experiment(data: dict, source: str = "",
+                              storage: str | None = None) -> RecsysExperiment:
+    """The validated experiment, or ConfigError unless it has a ``sweep`` and a removal, every
+    swept regime is one of ``regimes`` or a preset, and the storage (``storage`` or
+    ``sweep.storage``, when given) opens."""
     exp = validate(RecsysExperiment, data, source=source)
     if exp.sweep is None:
         raise ConfigError(f"{source}this config has no 'sweep' section: add one (see "
@@ -37,7 +43,27 @@ def validate_sweep_experiment(data: dict, source: str = "") -> RecsysExperiment:
     if not exp.run.removal.cohorts:
         raise ConfigError(f"{source}a sweep measures Drop on a removed cohort: set "
                           "run.removal.cohort (and run.removal.from_day)")
+    labels = {regime_label(s) for s in exp.regimes}
+    for regime in exp.sweep.regimes:
+        if regime not in labels:
+            try:
+                resolve_regime(regime)
+            except ConfigError as err:
+                raise ConfigError(f"{source}sweep.regimes: {regime!r} is neither a regime of "
+                                  f"this config ({', '.join(sorted(labels))}) nor a preset: "
+                                  f"{err}") from None
+    if storage or exp.sweep.storage:
+        open_storage(storage or exp.sweep.storage)
     return exp
+
+
+def study_key(exp: RecsysExperiment) -> str:
+    """A digest of what defines a trial (run config, regimes, learning-rate range, sampler seed,
+    probes): a changed config names other studies, so it never reads this one's trials."""
+    data = {"run": exp.run.model_dump(mode="json"), "regimes": exp.regimes,
+            "probes": exp.probes.model_dump(mode="json"), "seed": exp.seed,
+            "lr": [exp.sweep.lr_low, exp.sweep.lr_high, exp.sweep.sampler_seed]}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run_sweep_experiment(data: dict, out: Path, storage: str | None = None,
@@ -63,4 +89,4 @@ def run_sweep_experiment(data: dict, out: Path, storage: str | None = None,
                   f"drop={values.get('probe/drop'):.4f}", flush=True)
         return values, step
 
-    return run_sweep(cfg, storage_url(cfg, out), exp.experiment, evaluate)
+    return run_sweep(cfg, storage_url(cfg, out), exp.experiment, evaluate, key=study_key(exp))

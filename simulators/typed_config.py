@@ -11,11 +11,13 @@ Field docstrings (the string literal under each field) become the field descript
 """
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,6 +35,27 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(
         extra="forbid", use_attribute_docstrings=True, frozen=True
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """``true`` for a number field is a mistake, not 1 (pydantic would take it as 1)."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, bool) and _takes_number_not_bool(field.annotation):
+                    raise ValueError(f"{name} = {str(value).lower()}: a number is expected here, "
+                                     "not a boolean")
+        return data
+
+
+def _takes_number_not_bool(annotation: Any) -> bool:
+    """Whether a field's type accepts int or float but not bool (``int | None`` included)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+    else:
+        options = (annotation,)
+    return bool not in options and any(o in (int, float) for o in options)
 
 
 def _allowed(model: type[BaseModel], loc: tuple) -> str:
@@ -72,7 +95,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
             continue
         value = e.get("input")
         if isinstance(value, dict):  # a cross-field check of a whole section: the message says it
-            lines.append(f"{source}{path}: {msg.removeprefix('Value error, ')}")
+            where = f"{path}: " if loc else ""
+            lines.append(f"{source}{where}{msg.removeprefix('Value error, ')}")
             continue
         allowed = _allowed(model, loc)
         extra = f" [allowed: {allowed}]" if allowed else ""
@@ -132,7 +156,10 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p} (give the path to a YAML file, e.g. configs/quickstart.yaml)")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not a UTF-8 text file ({err.reason} at byte {err.start}): save "
+                          "it as UTF-8") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     if data is None:
@@ -140,6 +167,22 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML would keep the last one
+    and silently drop the first, e.g. a second ``run:`` block replacing the whole first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in one mapping: keep one",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_model(model: type[M], path: str | Path) -> M:

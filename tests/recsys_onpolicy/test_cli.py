@@ -175,6 +175,14 @@ def test_compare_two_run_dirs(finished, tmp_path, capsys):
     assert_real_images(pngs(target), at_least=1)
 
 
+def test_compare_out_must_be_an_html_path(finished, tmp_path, capsys):
+    _, out, _ = finished
+    before = snapshot(out)
+    assert run_cli("compare", out, "--out", out / "metrics.parquet") == 2
+    assert ".html" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
 def test_compare_of_a_missing_dir(finished, tmp_path, capsys):
     _, out, _ = finished
     target = tmp_path / "cmp.html"
@@ -307,12 +315,89 @@ def test_overwrite_replaces_the_folder(tmp_path, monkeypatch):
     config = write_config(tmp_path, dict(TINY, seeds=2))
     out = tmp_path / "out"
     out.mkdir()
+    (out / "config.yaml").write_text("seeds: 2\n")  # an earlier run
     (out / "old.txt").write_text("from an earlier run")
     crash_after(monkeypatch, days=0)
     with pytest.raises(Crash):
         run_cli("run", config, "--out", out, "--overwrite", "--seeds", "3", "--no-progress")
     assert not (out / "old.txt").exists()
     assert yaml.safe_load((out / "config.yaml").read_text())["seeds"] == 3  # --seeds wins
+
+
+def test_overwrite_deletes_only_run_folders(tmp_path, capsys):
+    """Not a folder without config.yaml, not one holding the config being run or the working
+    directory, not through a symbolic link; nothing is touched."""
+    config = write_config(tmp_path / "cfg")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    assert run_cli("run", config, "--out", notes, "--overwrite") == 2
+    assert "holds no config.yaml" in capsys.readouterr().err
+    assert (notes / "todo.txt").read_text() == "mine"
+    (tmp_path / "cfg" / "config.yaml").write_text("seeds: 1\n")  # looks like a run folder
+    before = snapshot(tmp_path / "cfg")
+    assert run_cli("run", config, "--out", tmp_path / "cfg", "--overwrite") == 2
+    assert "which holds" in capsys.readouterr().err
+    assert snapshot(tmp_path / "cfg") == before
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "cfg")
+    assert run_cli("run", config, "--out", link, "--overwrite") == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert snapshot(tmp_path / "cfg") == before
+
+
+def test_bad_variant_is_refused_before_the_run_folder_is_touched(finished, tmp_path, capsys):
+    config, done, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(done, out)
+    before = snapshot(out)
+    assert run_cli("run", config, "--out", out, "--overwrite", "--set",
+                   "variants={v: {model.head_widht: 3}}") == 2
+    assert "variant v" in capsys.readouterr().err and "head_widht" not in str(before)
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("override, words", [
+    ("run.days=true", "a number is expected"),
+    ("run.removal.cohort=true", "a number is expected"),
+    ("regimes=[{preset: grpo_kl, kl_estimator: k1}]", "kl_estimator = 'k1'"),
+])
+def test_values_that_would_run_silently_wrong_are_refused(override, words, tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert run_cli("run", config, "--out", tmp_path / "out", "--set", override) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_before_the_run(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert run_cli("run", config, "--out", tmp_path / "out", "--set", "run.model.device=cuda") == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_a_damaged_config_or_checkpoint(finished, tmp_path, capsys):
+    config, done, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(done, out)
+    good = (out / "config.yaml").read_bytes()
+    (out / "config.yaml").write_text("run: [unclosed\n")
+    assert run_cli("run", config, "--out", out, "--resume", "--no-progress") == 2
+    assert "cannot be read" in capsys.readouterr().err
+    (out / "config.yaml").write_bytes(good)
+    ckpt = min(out.rglob("checkpoint.pt"))
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated
+    assert run_cli("run", config, "--out", out, "--resume", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "checkpoint.pt" in err
+
+
+def test_unwritable_out_is_a_clear_error(tmp_path, capsys):
+    config = write_config(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert run_cli("run", config, "--out", tmp_path / "afile" / "sub") == 2
+    assert "cannot create the output directory" in capsys.readouterr().err
 
 
 def test_default_out_is_runs_slash_experiment(tmp_path, monkeypatch):
@@ -340,6 +425,32 @@ def test_sweep_with_a_storage_url(tmp_path, capsys):
     assert (out / "trials" / "supervised_daily" / "trial=0" / "metrics.parquet").is_file()
     assert "report:" in capsys.readouterr().out
     assert_real_images(pngs(out / "report.html"), at_least=1)
+
+
+def test_sweep_studies_are_keyed_by_the_config(tmp_path, capsys):
+    """Two sweeps with other learning-rate ranges in one storage: the second runs its own trial
+    instead of reporting the first one's."""
+    db = tmp_path / "shared.db"
+    config = write_config(tmp_path, dict(TINY, control=False, sweep=SWEEP))
+    assert run_cli("sweep", config, "--out", tmp_path / "a", "--storage", f"sqlite:///{db}",
+                   "--no-progress") == 0
+    assert run_cli("sweep", config, "--out", tmp_path / "b", "--storage", f"sqlite:///{db}",
+                   "--set", "sweep.lr_low=0.05", "--set", "sweep.lr_high=0.1",
+                   "--no-progress") == 0
+    lrs = read_metrics(tmp_path / "b" / "metrics.parquet").filter(pl.col("metric") == "sweep/lr")
+    assert lrs.height == 1 and 0.05 <= lrs["value"][0] <= 0.1
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--storage", "notaurl"], "cannot be opened"),
+    (["--set", "sweep.lr_high=.inf"], "lr_high"),
+    (["--set", "sweep.regimes=[nope]"], "'nope' is neither"),
+])
+def test_bad_sweep_input_is_refused_before_the_run_folder(args, words, tmp_path, capsys):
+    config = write_config(tmp_path, dict(TINY, control=False, sweep=SWEEP))
+    assert run_cli("sweep", config, "--out", tmp_path / "out", *args) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_sweep_needs_a_sweep_section(tmp_path, capsys):

@@ -139,6 +139,29 @@ def test_with_forgetting_hand_computed(tmp_path):
     assert set(frame.filter(pl.col("metric") == "probe/forgetting")["group"]) == {"c1"}
 
 
+def test_each_variant_forgets_from_its_own_removal_day(tmp_path):
+    """A variant that moves removal.from_day is measured from its own day D (and gets its own
+    controls); a variant without a removal gets no forgetting rows."""
+    exp = experiment(regimes=["grpo"], run=RUN | {"days": 3}, control=False, variants={
+        "d1": {}, "d2": {"removal.from_day": 2}, "none": {"removal.cohort": None}})
+    tasks = expand(exp, tmp_path)
+    assert [t.variant for t in tasks] == ["d1", "d2", "none"]
+    aucs = {"c1": [0.6, 0.8, 0.7, 0.5]}
+    frames = []
+    for t in tasks:
+        rows = auc_rows("exp", 0, aucs)
+        frames.append(to_frame(rows).with_columns(regime=pl.lit(t.label)))
+    frame = with_forgetting(exp, frames, tasks)
+    got = {(r["regime"], r["step"]): round(r["value"], 12) for r in frame.filter(
+        pl.col("metric") == "probe/forgetting").iter_rows(named=True)}
+    assert got == {("grpo@d1", 1): 0.0, ("grpo@d1", 2): 0.1, ("grpo@d1", 3): 0.3,
+                   ("grpo@d2", 2): 0.0, ("grpo@d2", 3): 0.2}
+    with_controls = expand(experiment(regimes=["grpo"], variants={
+        "d1": {}, "none": {"removal.cohort": None}}), tmp_path)
+    assert [(t.variant, t.control) for t in with_controls] == [
+        ("d1", False), ("d1", True), ("none", False)]
+
+
 def test_with_forgetting_without_a_removal_adds_nothing(tmp_path):
     exp = experiment(run=RUN | {"removal": {"cohort": None}})
     run = to_frame(auc_rows("exp", 0, {"c0": [0.6, 0.7]}))

@@ -35,3 +35,81 @@ def test_sweep_rows_and_resume(tmp_path):
 def test_bad_range():
     with pytest.raises(ConfigError, match="lr_low"):
         validate(SweepConfig, {"lr_low": 0.5, "lr_high": 0.1})
+
+
+def running_trial(cfg, url, key=""):
+    """A trial another live process is running: asked, with a fresh heartbeat."""
+    from recsys_onpolicy import sweep
+
+    storage = sweep.open_storage(url)
+    study = sweep._study(cfg, storage, "lr_sweep", cfg.regimes[0], key)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    return study, trial
+
+
+def test_a_joining_process_leaves_a_live_trial_alone(tmp_path):
+    import optuna
+
+    cfg = validate(SweepConfig, {"regimes": ["sft"], "trials": 2})
+    url = storage_url(cfg, tmp_path)
+    study, trial = running_trial(cfg, url)
+    run_sweep(cfg, url, "lr_sweep", fake_evaluate([]))
+    states = {t.number: t.state for t in study.trials}
+    assert states[trial.number] == optuna.trial.TrialState.RUNNING  # not failed under it
+    assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 2
+
+
+def test_a_dead_process_trial_is_failed_after_the_grace_period(tmp_path, monkeypatch):
+    import time
+
+    import optuna
+
+    from recsys_onpolicy import sweep
+
+    monkeypatch.setattr(sweep, "GRACE_S", 1)
+    cfg = validate(SweepConfig, {"regimes": ["sft"], "trials": 1})
+    url = storage_url(cfg, tmp_path)
+    study, trial = running_trial(cfg, url)
+    time.sleep(2.5)  # no heartbeat since: its process is gone
+    run_sweep(cfg, url, "lr_sweep", fake_evaluate([]))
+    assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
+
+
+def test_a_stopped_trial_is_failed_and_asked_again(tmp_path):
+    import optuna
+
+    cfg = validate(SweepConfig, {"regimes": ["sft"], "trials": 1})
+    url = storage_url(cfg, tmp_path)
+
+    def stopped(regime, lr, trial):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, url, "lr_sweep", stopped)
+    calls = []
+    frame = run_sweep(cfg, url, "lr_sweep", fake_evaluate(calls))
+    assert len(calls) == 1 and frame.filter(pl.col("metric") == "sweep/lr").height == 1
+    from recsys_onpolicy import sweep
+
+    study = sweep._study(cfg, sweep.open_storage(url), "lr_sweep", "sft", "")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL,
+                                               optuna.trial.TrialState.COMPLETE]
+
+
+def test_the_default_storage_path_may_hold_any_character(tmp_path):
+    cfg = validate(SweepConfig, {"regimes": ["sft"], "trials": 1})
+    out = tmp_path / "sw?x=1 #a"
+    out.mkdir()
+    run_sweep(cfg, storage_url(cfg, out), "lr_sweep", fake_evaluate([]))
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    assert (out / "sweep.db").is_file()
+
+
+def test_bad_storage_and_infinite_range_are_config_errors(tmp_path):
+    from recsys_onpolicy.sweep import open_storage
+
+    with pytest.raises(ConfigError, match="cannot be opened"):
+        open_storage("notaurl")
+    with pytest.raises(ConfigError, match="lr_high"):
+        validate(SweepConfig, {"lr_high": float("inf")})

@@ -77,3 +77,24 @@ def test_configs_are_immutable_and_replace_validates_the_whole():
     assert (outer.n, outer.inner.rate) == (4, 1.0)
     with pytest.raises(ConfigError, match="inner.rate = 2.0"):
         replace(outer, inner={"rate": 2.0})
+
+
+def test_yaml_with_a_key_twice_or_not_utf8_is_refused(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("n: 3\ninner:\n  rate: 0.2\ninner:\n  rate: 0.4\n")
+    with pytest.raises(ConfigError, match="'inner' appears twice"):
+        load_model(Outer, twice)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("n: 3 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_model(Outer, latin)
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"n": True}, "n = true: a number is expected"),
+    ({"inner": {"rate": False}}, "inner: rate = false: a number is expected"),
+])
+def test_a_boolean_for_a_number_is_refused(data, words):
+    with pytest.raises(ConfigError, match=words):
+        validate(Outer, data)
+    assert validate(Outer, {"n": 2, "inner": {"rate": 1}}).n == 2  # numbers still pass
