@@ -27,13 +27,17 @@ def test_overwrite_and_resume(tmp_path):
     with pytest.raises(ConfigError, match="exclude each other"):
         prepare_run_dir(out, resume=True, overwrite=True)
     assert (out / "old.txt").exists()
+    with pytest.raises(ConfigError, match="holds no config.yaml"):  # not a run: left alone
+        prepare_run_dir(out, overwrite=True)
+    assert (out / "old.txt").exists()
+    write_config(out, {"a": 0})  # now it is a run folder
     prepare_run_dir(out, overwrite=True)
-    assert not (out / "old.txt").exists()
-    write_config(out, {"a": 1})
+    assert not (out / "old.txt").exists() and not (out / "config.yaml").exists()
+    write_config(out, {"a": 1, "b": {"c": 2, "d": 3}})
     assert prepare_run_dir(out, resume=True) == out
-    check_resume_config(out, {"a": 1})
-    with pytest.raises(ConfigError, match="differs"):
-        check_resume_config(out, {"a": 2})
+    check_resume_config(out, {"a": 1, "b": {"c": 2, "d": 3}})
+    with pytest.raises(ConfigError, match=r"differs .*\(at a, b.d\)"):
+        check_resume_config(out, {"a": 2, "b": {"c": 2, "d": 4}})
 
 
 def test_file_in_the_way(tmp_path):
