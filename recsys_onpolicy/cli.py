@@ -101,13 +101,22 @@ def cmd_run(args) -> int:
 
 
 def _finish(frame, out: Path, title: str) -> int:
+    import polars as pl
+
     from recsys_onpolicy.report import report_run_dir
     from recsys_onpolicy.results import write_metrics
-    from recsys_onpolicy.tables import format_table, gain_drop_table
+    from recsys_onpolicy.tables import SWEEP_METRIC, format_table, gain_drop_table, has_metric
 
     write_metrics(frame, out / "metrics.parquet")
     report = report_run_dir(out)
-    print(format_table(gain_drop_table(frame)))
+    if has_metric(frame, SWEEP_METRIC):  # one row per trial: its lr, gain and drop
+        from recsys_onpolicy.plots import sweep_points
+
+        trials = sweep_points(frame).select("regime", pl.col("seed").alias("trial"), "lr",
+                                            "gain", "drop")
+        print(trials.sort("regime", "lr"))
+    else:
+        print(format_table(gain_drop_table(frame)))
     print(f"\nmetrics: {out / 'metrics.parquet'}\nreport:  {report}")
     return 0
 

@@ -423,7 +423,8 @@ def test_sweep_with_a_storage_url(tmp_path, capsys):
     assert frame.filter(pl.col("metric") == "sweep/lr").height == 1
     assert set(frame["regime"]) == {"supervised_daily"}
     assert (out / "trials" / "supervised_daily" / "trial=0" / "metrics.parquet").is_file()
-    assert "report:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report:" in printed and "trial" in printed and "supervised_daily" in printed
     assert_real_images(pngs(out / "report.html"), at_least=1)
 
 
