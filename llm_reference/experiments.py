@@ -40,11 +40,21 @@ def validate_experiment(data: dict, source: str = "") -> None:
     if data["experiment"] == "mixture_toy":
         from llm_reference.mixture_toy import MixtureToyFile
 
-        validate(MixtureToyFile, _seeds(data)[0], source=source)
+        cfg = validate(MixtureToyFile, _seeds(data)[0], source=source)
+        _check_gpu(source, "mixture_toy.device", cfg.mixture_toy.device)
     else:
         from llm_reference.config import LMRecipeConfig
 
-        validate(LMRecipeConfig, _recipe_data(data), source=source)
+        cfg = validate(LMRecipeConfig, _recipe_data(data), source=source)
+        _check_gpu(source, "runtime.accelerator", cfg.runtime.accelerator)
+
+
+def _check_gpu(source: str, key: str, device: str) -> None:
+    """ConfigError when ``device`` asks for CUDA on a machine without it (before any run)."""
+    if device.startswith(("cuda", "gpu")) and not torch.cuda.is_available():
+        fix = "'auto' or 'cpu'" if key.endswith("accelerator") else "'cpu'"
+        raise ConfigError(f"{source}{key} = {device!r} but this machine has no CUDA device: "
+                          f"use {fix}")
 
 
 def run_mixture_toy_experiment(data: dict, out: Path, progress: bool = True) -> pl.DataFrame:

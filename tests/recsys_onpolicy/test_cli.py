@@ -377,6 +377,18 @@ def test_cuda_without_a_gpu_is_refused_before_the_run(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("config, override", [
+    ("configs/llm/mixture_toy.yaml", "mixture_toy.device=cuda"),
+    ("configs/llm/tiny_lm_recipe.yaml", "runtime.accelerator=gpu"),
+])
+def test_llm_cuda_without_a_gpu_is_refused_before_the_run(config, override, tmp_path, capsys):
+    root = Path(__file__).resolve().parents[2]
+    assert run_cli("run", root / config, "--out", tmp_path / "out", "--set", override) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_with_a_damaged_config_or_checkpoint(finished, tmp_path, capsys):
     config, done, _ = finished
     out = tmp_path / "run"
