@@ -765,24 +765,41 @@ class TrainableScorer:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned (copies into the live tensors)."""
+        """Restore what :meth:`state_dict` returned (copies into the live tensors). All or
+        nothing: every key and shape is checked (ValueError naming the entry) before anything
+        is copied."""
         missing = {"model", "sparse_optimizer", "dense_optimizer"} - set(state)
         if missing:
             raise ValueError(f"state is missing {sorted(missing)}; pass TrainableScorer.state_dict()")
         if self.world_size > 1:
-            self._load_shards(state)
-            self.dense_optimizer.load_state_dict(_clone_tree(state["dense_optimizer"]))
-            return
-        _copy_into(self.state_dict()["model"], state["model"], "model")
-        live = self.sparse_optimizer_state()
-        for param, entries in live.items():
-            _copy_into(entries, state["sparse_optimizer"].get(param, {}), f"sparse_optimizer.{param}")
-        extra = set(state["sparse_optimizer"]) - set(live)
+            live_model = _quiet(self.dmp.state_dict)
+            with warnings.catch_warnings():  # "ShardedTensor is deprecated"
+                warnings.simplefilter("ignore", FutureWarning)
+                live_opt = self.dmp.fused_optimizer.state_dict()["state"]
+            everything = {f"ebc.embedding_bags.{t}.weight" for t in TABLES}
+            pairs = self._checked_pairs(live_model, live_opt, state, everything)
+        else:
+            live_opt = self.sparse_optimizer_state()
+            pairs = self._checked_pairs(self.state_dict()["model"], live_opt, state, set(live_opt))
+        # torch keeps the given state tensors as live state: clone so later steps never write
+        # into the caller's dict (e.g. a checkpoint kept in memory). It checks the groups before
+        # changing anything, so it goes before the copies.
+        self.dense_optimizer.load_state_dict(_clone_tree(state["dense_optimizer"]))
+        for live, saved in pairs:
+            _copy_regions(live, saved)
+
+    def _checked_pairs(self, live_model: dict, live_opt: dict, state: dict,
+                       known: set[str]) -> list[tuple[dict, dict]]:
+        """(live, saved) entry dicts to copy, after every key and shape has been checked."""
+        extra = set(state["sparse_optimizer"]) - known
         if extra:
             raise ValueError(f"sparse_optimizer has unknown parameters {sorted(extra)}")
-        # torch keeps the given state tensors as live state: clone so later steps never write
-        # into the caller's dict (e.g. a checkpoint kept in memory).
-        self.dense_optimizer.load_state_dict(_clone_tree(state["dense_optimizer"]))
+        pairs = [(live_model, state["model"], "model")] + [
+            (entries, state["sparse_optimizer"].get(param, {}), f"sparse_optimizer.{param}")
+            for param, entries in live_opt.items()]
+        for live, saved, where in pairs:
+            _check_entries(live, saved, where)
+        return [(live, saved) for live, saved, _ in pairs]
 
     def frozen_copy(self) -> Scorer:
         """A plain, no-grad :class:`Scorer` with the current weights (the reference policy
@@ -792,20 +809,6 @@ class TrainableScorer:
         frozen = _plain_scorer(self.cfg, n["user"], n["item"], n["topic"], self.device)
         frozen.load_state_dict({k: v.clone() for k, v in self.state_dict()["model"].items()})
         return frozen.requires_grad_(False).eval()
-
-    def _load_shards(self, state: dict) -> None:
-        """Copy whole saved tensors into this rank's shards (several ranks)."""
-        everything = {f"ebc.embedding_bags.{t}.weight" for t in TABLES}
-        extra = set(state["sparse_optimizer"]) - everything
-        if extra:
-            raise ValueError(f"sparse_optimizer has unknown parameters {sorted(extra)}")
-        with warnings.catch_warnings():  # "ShardedTensor is deprecated"
-            warnings.simplefilter("ignore", FutureWarning)
-            _copy_regions(self.dmp.state_dict(), state["model"], "model")
-            held = self.dmp.fused_optimizer.state_dict()["state"]
-            for param, entries in held.items():
-                _copy_regions(entries, state["sparse_optimizer"].get(param, {}),
-                              f"sparse_optimizer.{param}")
 
 
 def _pad_rows(t: torch.Tensor, rows: int, fill: int) -> torch.Tensor:
@@ -824,16 +827,23 @@ def _check_keys(live: dict, saved: dict, where: str) -> None:
         )
 
 
-def _copy_regions(live: dict, saved: dict[str, torch.Tensor], where: str) -> None:
-    """Copy whole saved tensors into the live (possibly sharded) entries this rank holds."""
+def _check_entries(live: dict, saved: dict[str, torch.Tensor], where: str) -> None:
+    """Raise ValueError naming the entry unless ``saved`` has ``live``'s keys and shapes (whole
+    shapes: a sharded entry counts as the tensor it is a part of)."""
     _check_keys(live, saved, where)
     for k, v in live.items():
         if tuple(saved[k].shape) != tuple(v.size()):
             raise ValueError(
                 f"{where}.{k}: saved shape {tuple(saved[k].shape)} != model shape "
-                f"{tuple(v.size())} (another ModelConfig, or column-wise row-wise-Adagrad state "
-                "saved under another sharding plan?)"
+                f"{tuple(v.size())} (another ModelConfig or world size, or column-wise "
+                "row-wise-Adagrad state saved under another sharding plan?)"
             )
+
+
+def _copy_regions(live: dict, saved: dict[str, torch.Tensor]) -> None:
+    """Copy whole saved tensors into the live (possibly sharded) entries this rank holds
+    (checked by :func:`_check_entries` first)."""
+    for k, v in live.items():
         for shard, region in local_regions(v):
             shard.copy_(saved[k][region].to(shard.device))
 
@@ -848,14 +858,3 @@ def _clone_tree(tree):
         return type(tree)(_clone_tree(v) for v in tree)
     return tree
 
-
-def _copy_into(live: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], where: str) -> None:
-    """Copy ``saved`` into ``live`` tensor by tensor; key or shape mismatches name the entry."""
-    _check_keys(live, saved, where)
-    for k, v in live.items():
-        if tuple(saved[k].shape) != tuple(v.shape):
-            raise ValueError(
-                f"{where}.{k}: saved shape {tuple(saved[k].shape)} != model shape "
-                f"{tuple(v.shape)} (another ModelConfig or world size?)"
-            )
-        v.copy_(saved[k].to(v.device))

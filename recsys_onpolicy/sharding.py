@@ -27,6 +27,7 @@ state, the memory given and the ways out.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Literal
 
@@ -46,6 +47,7 @@ from torchrec.distributed.planner.types import (
     TrainerConfig,
 )
 from torchrec.distributed.types import EmbeddingModuleShardingPlan
+from torchrec.optim import RowWiseAdagrad
 
 from simulators.typed_config import StrictModel
 
@@ -55,6 +57,11 @@ GIB = 1024**3
 DEFAULT_MEMORY_SHARE = 0.7  # of the device's memory, when memory_per_rank_gib is not given
 # Optimizer state per table row, in multiples of D floats (rowwise_adagrad: one float a row).
 OPTIMIZER_STATE = {"rowwise_adagrad": "row", "adagrad": "entry", "sgd": "none"}
+# The optimizer class torchrec's storage estimator sizes the state by (it reads the attribute
+# ``_optimizer_classes`` of a table's weight; a fused optimizer given in fused_params sets none,
+# and the estimator then counts no state at all).
+ESTIMATOR_OPTIMIZER = {"rowwise_adagrad": RowWiseAdagrad, "adagrad": torch.optim.Adagrad,
+                       "sgd": torch.optim.SGD}
 
 
 class ShardingConfig(StrictModel):
@@ -199,14 +206,53 @@ def plan_tables(
         topology=topology, constraints=constraints, debug=False,
         storage_reservation=FixedPercentageStorageReservation(0.0))
     try:
-        if pg is None or world == 1:
-            plan = planner.plan(ebc, [sharder])  # the same on every rank: nothing to share
-        else:
-            plan = planner.collective_plan(ebc, [sharder], pg)
+        with _optimizer_known(ebc, sparse_optimizer):
+            if pg is None or world == 1:
+                plan = planner.plan(ebc, [sharder])  # the same on every rank: nothing to share
+            else:
+                plan = planner.collective_plan(ebc, [sharder], pg)
     except PlannerError as err:
         raise _memory_error(ebc, sparse_optimizer, per_rank, world, types,
                             f"torchrec's planner found no placement ({_first_line(err)})") from err
-    return plan.plan[""]
+    module_plan = plan.plan[""]
+    check_ranks(ebc, module_plan, sparse_optimizer, per_rank, types)
+    return module_plan
+
+
+@contextlib.contextmanager
+def _optimizer_known(ebc: EmbeddingBagCollection, sparse_optimizer: str):
+    """Let torchrec's storage estimator see the fused optimizer while it plans (it then counts
+    the optimizer state of every shard), and take the hint away again before sharding."""
+    weights = [ebc.embedding_bags[t.name].weight for t in ebc.embedding_bag_configs()]
+    for w in weights:
+        w._optimizer_classes = [ESTIMATOR_OPTIMIZER[sparse_optimizer]]
+    try:
+        yield
+    finally:
+        for w in weights:
+            del w._optimizer_classes
+
+
+def rank_bytes(plan: EmbeddingModuleShardingPlan, sparse_optimizer: str) -> dict[int, int]:
+    """Bytes of weights plus optimizer state each rank holds under ``plan`` (a row-wise
+    accumulator per row of every column block)."""
+    out: dict[int, int] = {}
+    for shards in describe_plan(plan).values():
+        for rank, _, (rows, cols) in shards:
+            out[rank] = out.get(rank, 0) + table_bytes(rows, cols, sparse_optimizer)
+    return out
+
+
+def check_ranks(ebc: EmbeddingBagCollection, plan: EmbeddingModuleShardingPlan,
+                sparse_optimizer: str, per_rank: int, types: list[str]) -> None:
+    """Raise :class:`ShardingPlanError` when a rank of ``plan`` holds more than ``per_rank``."""
+    used = rank_bytes(plan, sparse_optimizer)
+    over = {r: b for r, b in sorted(used.items()) if b > per_rank}
+    if over:
+        world = max(used) + 1
+        held = ", ".join(f"rank {r} {b / GIB:.4g} GiB" for r, b in over.items())
+        raise _memory_error(ebc, sparse_optimizer, per_rank, world, types,
+                            f"the best placement found still gives {held}")
 
 
 def _min_partition(cfg: ShardingConfig, dim: int, world: int) -> int:

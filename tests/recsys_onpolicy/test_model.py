@@ -233,6 +233,10 @@ def test_fused_sparse_update_touches_only_looked_up_rows(optimizer):
     assert {"BatchedFusedEmbeddingBag", "SplitTableBatchedEmbeddingBagsCodegen"} <= kernels
     before = {t: w.clone() for t, w in model.sparse_tables().items()}
     users, history, cands, topics = batch(torch.Generator().manual_seed(1))
+    # Item 0 only as the padding bag's id (history_bags looks -1 padding up as row 0): its row
+    # and optimizer state must not move.
+    history[:, 3:] = -1
+    history[history == 0], cands[cands == 0] = 1, 1
     logits = model.score(users, history, cands, topics)
     model.step(pointwise_bce(logits.flatten(), torch.ones(logits.numel())))
     # No table-sized dense gradient anywhere: tables have no .grad, only the head has grads.
@@ -348,6 +352,15 @@ def test_state_dict_roundtrip_and_mismatch():
                             torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="embedding_bags.user.weight: saved shape"):
         other.load_state_dict(saved)
+    # all or nothing: a state whose optimizer does not match changes nothing
+    sgd = TrainableScorer(CPU.model_copy(update={"sparse_optimizer": "sgd"}), U, I, T,
+                          torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before = sgd.score(*x)
+    with pytest.raises(ValueError, match="sparse_optimizer"):
+        sgd.load_state_dict(saved)
+    with torch.no_grad():
+        assert torch.equal(sgd.score(*x), before)
 
 
 def test_init_scale_is_as_documented():

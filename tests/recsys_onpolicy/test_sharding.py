@@ -18,6 +18,7 @@ from recsys_onpolicy.sharding import (
     allowed_types,
     describe_plan,
     plan_tables,
+    rank_bytes,
     table_bytes,
 )
 from simulators.typed_config import ConfigError, validate
@@ -138,6 +139,28 @@ def test_planner_failure_is_reported_with_the_tables():
     with pytest.raises(ShardingPlanError, match="planner found no placement.*user 100000 x 32"):
         plan_tables(ebc, sharder, ShardingConfig(memory_per_rank_gib=1.6 * each),
                     "rowwise_adagrad", CPU, world_size=2)
+
+
+@pytest.mark.parametrize("types", [["table_wise"], ["table_wise", "column_wise"]])
+def test_optimizer_state_counts_on_every_rank(types):
+    """Adagrad keeps a state as large as the weights. Tables of 90k, 90k and 30k rows x 32
+    need 53.8 MB in all with it: 27 MB per rank passes the total check, but no placement puts
+    under 27 MB on each rank (torchrec's estimator, given the optimizer only through
+    fused_params, would count no state and accept one)."""
+    cfg = ModelConfig(embedding_dim=32, device="cpu", sparse_optimizer="adagrad")
+    ebc = Scorer(cfg, 90_000, 90_000, 30_000, CPU).ebc
+    _, sharder = ebc_and_sharder(optimizer="adagrad")
+    with pytest.raises(ShardingPlanError):
+        plan_tables(ebc, sharder, ShardingConfig(memory_per_rank_gib=27e6 / 1024**3, types=types),
+                    "adagrad", CPU, world_size=2)
+    per_rank = 40e6
+    plan = plan_tables(ebc, sharder, ShardingConfig(memory_per_rank_gib=per_rank / 1024**3,
+                                                    types=types), "adagrad", CPU, world_size=2)
+    used = rank_bytes(plan, "adagrad")
+    assert sum(used.values()) == sum(table_bytes(r, 32, "adagrad")
+                                     for r in (90_000, 90_000, 30_000))
+    assert max(used.values()) <= per_rank
+    assert not any(hasattr(b.weight, "_optimizer_classes") for b in ebc.embedding_bags.values())
 
 
 def test_trainable_scorer_refuses_tables_beyond_the_stated_memory():
