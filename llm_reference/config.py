@@ -276,14 +276,21 @@ class RecipeBase(StrictModel):
         for preset in self.overrides:
             self.regime_config(preset)
         longest = self.tasks.max_answer_len() + 1
-        for preset in self.regimes:
-            cfg = self.regime_config(preset)
+        for used, cfg in self.generation_settings().items():
             if cfg.max_new_tokens < longest:
                 raise ValueError(
-                    f"regime.max_new_tokens = {cfg.max_new_tokens} ({preset}) cannot hold the "
+                    f"regime.max_new_tokens = {cfg.max_new_tokens} ({used}) cannot hold the "
                     f"longest answer plus EOS ({longest} tokens); raise it to at least {longest}"
                 )
         return self
+
+    def generation_settings(self) -> dict[str, RegimeConfig]:
+        """Every setting a run generates with: the shared one (evaluation uses it), each listed
+        preset's, and grpo's when sft_on_rl_traces needs its run."""
+        presets = list(self.regimes)
+        if "sft_on_rl_traces" in presets and "grpo" not in presets:
+            presets.append("grpo")
+        return {"evaluation": self.regime} | {p: self.regime_config(p) for p in presets}
 
     def regime_config(self, preset: str) -> RegimeConfig:
         """The settings of one preset: shared settings, then the preset's, then ``overrides``."""
@@ -313,7 +320,7 @@ class LMRecipeConfig(RecipeBase):
     @model_validator(mode="after")
     def _check_block(self) -> LMRecipeConfig:
         need = self.tasks.max_prompt_len() + max(
-            self.regime_config(p).max_new_tokens for p in self.regimes
+            cfg.max_new_tokens for cfg in self.generation_settings().values()
         )
         if self.model.block_size < need:
             raise ValueError(

@@ -13,6 +13,9 @@ the loaded model is pi_0.
   around ``{prompt}``); answers are decoded up to the tokenizer's EOS with whitespace removed
   (no task answer contains whitespace), then checked by the same verifiers.
 - The pad id is the tokenizer's pad token, or its EOS when it has none.
+- A prompt starts with the tokenizer's BOS when the tokenizer puts one there itself (Llama,
+  Gemma, Mistral: the model was trained with it), as ``tokenizer(prompt)`` would; answers never
+  carry special tokens.
 
 Run a config: ``python -m llm_reference.hf CONFIG.yaml`` (an ``HFRecipeConfig`` with
 ``model.path``).
@@ -80,12 +83,19 @@ class HFCodec:
         self.pad_id = (
             int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else self.eos_id
         )
+        bos = tokenizer.bos_token_id
+        # Does the tokenizer itself start a text with BOS? (Some add only EOS, or nothing.)
+        probe = list(tokenizer.encode("0", add_special_tokens=True))
+        self.bos_id = int(bos) if bos is not None and probe[:1] == [bos] else None
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` alone (no special tokens: answers, continuations)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        return self.encode(self.prompt_template.format(prompt=prompt))
+        """Token ids of the templated prompt, after BOS when the tokenizer adds one."""
+        ids = self.encode(self.prompt_template.format(prompt=prompt))
+        return ids if self.bos_id is None else [self.bos_id, *ids]
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]

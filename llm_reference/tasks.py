@@ -20,8 +20,10 @@ the paper's 70B model) writes an equally valid answer in another style the base 
 sees: positive terms first, each group in descending order (``5+3-7``). On prompts where both
 orders coincide the two styles agree.
 
-Held-out split: a prompt belongs to the eval split when a hash of its text falls below
-``eval_share``, so evaluation prompts are never seen in pretraining or post-training.
+Held-out split: a prompt belongs to the eval split when a hash of its *problem* falls below
+``eval_share`` (:func:`problem_key`: countdown's multiset of numbers and target, addition's
+unordered pair, sorting's multiset of digits, else the prompt), so neither an evaluation prompt
+nor a reordering of it with the same answer set is seen in pretraining or post-training.
 Every random draw takes an explicit ``torch.Generator``.
 """
 
@@ -41,9 +43,26 @@ from llm_reference.config import TaskConfig
 Split = Literal["train", "eval"]
 
 
+def problem_key(prompt: str) -> str:
+    """The problem a prompt poses, the same for every ordering with the same solutions:
+    ``N735=1:`` and ``N357=1:`` -> ``N357=1``; ``A34+12:`` -> ``A12+34``; ``S4172:`` ->
+    ``S1247``; other prompts are their own key."""
+    body = prompt[1:-1] if prompt.endswith(":") else prompt[1:]
+    if prompt.startswith("N") and "=" in body:
+        numbers, target = body.split("=", 1)
+        return f"N{''.join(sorted(numbers))}={target}"
+    if prompt.startswith("A") and "+" in body:
+        a, b = body.split("+", 1)
+        return "A" + "+".join(sorted((a, b), key=lambda x: (len(x), x)))
+    if prompt.startswith("S"):
+        return "S" + "".join(sorted(body))
+    return prompt
+
+
 def split_of(prompt: str, eval_share: float) -> Split:
-    """'eval' when the CRC32 of the prompt, scaled to [0, 1), is below ``eval_share``."""
-    return "eval" if zlib.crc32(prompt.encode()) / 2**32 < eval_share else "train"
+    """'eval' when the CRC32 of the prompt's :func:`problem_key`, scaled to [0, 1), is below
+    ``eval_share``."""
+    return "eval" if zlib.crc32(problem_key(prompt).encode()) / 2**32 < eval_share else "train"
 
 
 class Task(ABC):

@@ -359,11 +359,13 @@ def shared_base_policy(config: RecsysRunConfig, cache_dir: str | Path | None) ->
 
 def load_base(config: RecsysRunConfig, cache_dir: str | Path | None,
               own_copy: Path | None) -> BasePolicy:
-    """pi_0 for a run: the run's own copy when it has one (a resume), else
-    :func:`shared_base_policy`, then saved as the run's own copy (``own_copy``, if given)."""
+    """pi_0 for a run: the run's own copy when it has one made for this config (a resume),
+    else :func:`shared_base_policy`, then saved as the run's own copy (``own_copy``, if given;
+    a copy left by another config, e.g. a run killed before its first checkpoint, is
+    replaced)."""
     if own_copy is not None:
         saved = from_main(lambda: load_state(own_copy) if own_copy.is_file() else None)
-        if saved is not None:
+        if saved is not None and saved.get("key") == base_key(config):
             return BasePolicy(**saved)
     base = shared_base_policy(config, cache_dir)
     if own_copy is not None and is_main():

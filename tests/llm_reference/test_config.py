@@ -70,6 +70,12 @@ def test_presets_merge_shared_then_preset_then_overrides():
         ({"runtime": {"precision": "8-bit"}}, "runtime.precision"),
         ({"surprise": 1}, "surprise: unknown key"),
         ({"regime": {"kl_estimator": "k1"}}, "kl_estimator = 'k1'.*zero expected gradient"),
+        # evaluation generates with the shared setting even when every preset overrides it
+        ({"regimes": ["grpo"], "regime": {"max_new_tokens": 3},
+          "overrides": {"grpo": {"max_new_tokens": 8}}}, r"= 3 \(evaluation\)"),
+        # sft_on_rl_traces runs grpo, listed or not
+        ({"regimes": ["sft_on_rl_traces"], "overrides": {"grpo": {"max_new_tokens": 3}}},
+         r"= 3 \(grpo\)"),
     ],
 )
 def test_bad_configs_name_the_field(data, message):

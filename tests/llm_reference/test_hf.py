@@ -67,6 +67,26 @@ def test_codec_round_trip_and_template(model_dir):
     assert templated.encode_prompt("12:") == codec.encode("S12:")
 
 
+def test_prompts_start_with_bos_when_the_tokenizer_adds_one():
+    """A Llama-style tokenizer puts BOS before every text: the model's prompts must have it too
+    (answers never do); a tokenizer without it gets none."""
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, **{c: i + 3 for i, c in enumerate(ALPHABET)}}
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex("."), behavior="isolated")
+    tk.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", 2)])
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    codec = HFCodec(fast)
+    assert codec.encode_prompt("N357=1:") == fast("N357=1:")["input_ids"]
+    assert codec.encode_prompt("N357=1:")[0] == 2 and 2 not in codec.encode("3+5-7")
+    tk.post_processor = None
+    plain = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    assert HFCodec(plain).encode_prompt("N357=1:") == plain("N357=1:")["input_ids"]
+    assert HFCodec(plain).bos_id is None
+
+
 def test_adapter_matches_the_model_and_ignores_left_padding(model_dir):
     module, codec = load_hf_model(HFModelConfig(path=str(model_dir)))
     module.eval()

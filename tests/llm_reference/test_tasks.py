@@ -12,6 +12,7 @@ from llm_reference.tasks import (
     Sorting,
     build_suite,
     make_task,
+    problem_key,
     split_of,
 )
 
@@ -99,6 +100,28 @@ def test_split_is_a_deterministic_hash_with_the_right_share():
     assert all(split_of(p, 0.2) == split_of(p, 0.2) for p in prompts[:50])
     train = Copying(5, 5).sample_prompts(50, gen(), "train", 0.2)
     assert all(split_of(p, 0.2) == "train" for p in train)
+
+
+def test_reorderings_of_a_held_out_problem_are_held_out_too():
+    """A countdown problem is its numbers and target: N357=1 and N537=1 (same numbers, same
+    target) fall in the same split, so training never shows a reordered eval problem; the same
+    for addition's operands and sorting's digits."""
+    import itertools
+
+    assert problem_key("N735=1:") == problem_key("N357=1:") == "N357=1"
+    assert problem_key("A34+12:") == problem_key("A12+34:") and problem_key("R12:") == "R12:"
+    for prompt in Countdown().draw(300, gen()) + Sorting(3, 4).draw(300, gen(1)):
+        body, rest = prompt[1:-1], ""
+        if "=" in body:
+            body, rest = body.split("=")
+            rest = "=" + rest
+        splits = {split_of(f"{prompt[0]}{''.join(p)}{rest}:", 0.2)
+                  for p in itertools.permutations(body)}
+        assert len(splits) == 1, prompt
+    suite = build_suite(TaskConfig(n_eval=40))
+    held = {problem_key(p) for p in suite.eval_prompts["countdown"]}
+    train = suite.target.sample_prompts(2000, gen(3), "train", suite.eval_share)
+    assert held and not held & {problem_key(p) for p in train}
 
 
 def test_suite_eval_sets_are_fixed_unique_and_held_out():

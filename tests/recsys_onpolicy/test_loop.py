@@ -14,11 +14,11 @@ from recsys_onpolicy import loop
 from recsys_onpolicy.model import ModelConfig
 from recsys_onpolicy.regimes import PRESETS
 from recsys_onpolicy.regimes import base_policy as base_module
-from recsys_onpolicy.regimes.base_policy import base_policy, warm_up
+from recsys_onpolicy.regimes.base_policy import base_key, base_policy, warm_up
 from recsys_onpolicy.regimes.data import score
 from recsys_onpolicy.results import SCHEMA, read_metrics
 from recsys_onpolicy.run_config import RecsysRunConfig
-from recsys_onpolicy.run_state import load_state
+from recsys_onpolicy.run_state import load_state, save_atomic
 from recsys_onpolicy.slate_policy import sample_slates, slate_log_prob
 from simulators import ground_truth
 from simulators.logs import read_logs
@@ -174,6 +174,18 @@ def test_pi0_is_deterministic_shared_and_cached_on_disk(tmp_path, pi0):
     base_module._MEMORY.clear()
     cached = base_policy(cfg, tmp_path)
     assert cached.key == pi0.key and torch.equal(cached.world_gen, pi0.world_gen)
+
+
+def test_a_run_folder_never_reuses_another_configs_pi0(tmp_path, pi0):
+    """A run's own copy of pi_0 left by another config (e.g. killed before its first
+    checkpoint) is replaced, not used; its own copy is used on resume."""
+    own = tmp_path / "base_policy.pt"
+    save_atomic(pi0.to_dict(), own)  # seed 0's pi_0
+    other = tiny_run("supervised_daily", seed=1)
+    base = loop.load_base(other, None, own)
+    assert base.key == base_key(other) != pi0.key
+    assert load_state(own)["key"] == base.key  # replaced on disk
+    assert loop.load_base(other, None, own).key == base.key
 
 
 def test_learning_rate_overrides_reach_the_optimizers(pi0):
