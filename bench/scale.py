@@ -60,6 +60,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -196,14 +197,25 @@ def spawn(spec: dict, timeout: float | None) -> dict:
               "glibc_tunables": env["GLIBC_TUNABLES"], "load_avg_1m_before": load_avg()}
     cmd = [sys.executable, __file__, "--child"]
     if spec.get("nproc", 1) > 1:  # torchrun: every rank runs the loop, in one shared folder
-        spec = dict(spec, out=tempfile.mkdtemp(prefix="scale-", dir=spec.get("tmp")))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(spec["nproc"]), __file__, "--child"]
+    # The run folder is made and removed here, and the child runs in its own process group: a
+    # timeout kills every process of it (torchrun's ranks too) and leaves no folder behind.
+    out = tempfile.mkdtemp(prefix="scale-", dir=spec.get("tmp"))
+    spec = dict(spec, out=out)
     try:
-        proc = subprocess.run([*cmd, json.dumps(spec)], env=env, capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO, check=False)
-    except subprocess.TimeoutExpired:
-        return {**record, "error": f"timed out after {timeout} s"}
+        with subprocess.Popen([*cmd, json.dumps(spec)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              start_new_session=True) as child:
+            try:
+                stdout, stderr = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.communicate()
+                return {**record, "error": f"timed out after {timeout} s"}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     record.update(load_avg_1m_after=load_avg())
     if proc.returncode != 0:
         return {**record, "error": proc.stderr.strip().splitlines()[-1:]}
@@ -211,11 +223,14 @@ def spawn(spec: dict, timeout: float | None) -> dict:
 
 
 def fit_exponent(users: list[float], seconds: list[float]) -> tuple[float, float]:
-    """Least-squares slope of log(seconds) on log(users), and its R^2."""
+    """Least-squares slope of log(seconds) on log(users), and its R^2 (NaN with fewer than
+    two distinct sizes)."""
     x = [math.log(u) for u in users]
     y = [math.log(s) for s in seconds]
     mx, my = statistics.fmean(x), statistics.fmean(y)
     sxx = sum((a - mx) ** 2 for a in x)
+    if sxx == 0:
+        return math.nan, math.nan
     slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx
     resid = sum((b - my - slope * (a - mx)) ** 2 for a, b in zip(x, y))
     total = sum((b - my) ** 2 for b in y)
@@ -277,9 +292,11 @@ def bench_scaling(args: argparse.Namespace) -> None:
         emit(record)
         if "day_s" in record:
             points.append((n, record["day_s"]))
-    if len(points) >= 2:
+    points.sort()  # by users, whatever the order of --users
+    if len({u for u, _ in points}) >= 2:
         slope, r2 = fit_exponent([u for u, _ in points], [s for _, s in points])
-        top, _ = fit_exponent([u for u, _ in points[-2:]], [s for _, s in points[-2:]])
+        largest = [p for p in points if p[0] >= sorted({u for u, _ in points})[-2]]
+        top, _ = fit_exponent([u for u, _ in largest], [s for _, s in largest])
         emit({"bench": "scale", "case": "scaling_fit", "regime": "supervised_daily",
               "users": [u for u, _ in points], "day_s": [s for _, s in points],
               "day_time_exponent": round(slope, 3), "r2": round(r2, 4),

@@ -83,23 +83,25 @@ def measure(world_name: str, device: str, policy_name: str, users: int, days: in
         log = simulate_day(world, policy, gen, batch_size=batch_size, prefetch=prefetch)
         _sync(device)
         warmup_seconds.append(round(time.perf_counter() - t0, 4))
-    steps, clicks, day_seconds = 0, 0.0, []
+    steps, clicks, day_seconds, prefetched = 0, 0.0, [], []
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(days):
         t_day = time.perf_counter()
         log = simulate_day(world, policy, gen, batch_size=batch_size, prefetch=prefetch)
+        # what simulate_day decided: its default looks at the day's batches of requests
+        prefetched.append(_prefetch_default(world, -(-len(log) // batch_size))
+                          if prefetch is None else prefetch)
         steps += len(log)
         clicks += float(log.clicks.sum())
         _sync(device)
         day_seconds.append(round(time.perf_counter() - t_day, 4))
     seconds = time.perf_counter() - t0
     cpu_seconds = time.process_time() - c0  # all threads of this process, user + system
-    n_batches = -(-users // batch_size)
     return {
         "bench": "simulator", "world": world_name, "device": device, "policy": policy_name,
         "users": users, "candidates": cfg.candidates.n_candidates, "slate": cfg.slate_size,
         "choice": cfg.choice.model, "batch_size": batch_size, "threads": torch.get_num_threads(),
-        "prefetch": _prefetch_default(world, n_batches) if prefetch is None else prefetch,
+        "prefetch": all(prefetched), "prefetch_days": sum(prefetched),
         "warmup_days": warmup_days, "warmup_seconds": warmup_seconds,
         "days": days, "day_seconds": day_seconds, "user_steps": steps,
         "seconds": round(seconds, 4), "cpu_seconds": round(cpu_seconds, 4),

@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from recsys_onpolicy.tables import (
     split_sweeps,
     table_cells,
 )
+from simulators.atomic import atomic_write
 
 DPI = 100
 CSS = """
@@ -77,18 +76,9 @@ def page_html(title: str, sections: list[str]) -> str:
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write to a temporary file in the same folder, then rename: no half file is ever visible."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write UTF-8 text atomically (:func:`simulators.atomic.atomic_write`): no half file is
+    ever visible."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def figure_section(anchor: str, title: str, frame: pl.DataFrame, draw: Callable,

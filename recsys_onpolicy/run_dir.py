@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from simulators.atomic import atomic_write
 from simulators.typed_config import ConfigError
 
 
@@ -69,11 +70,8 @@ def _check_deletable(out: Path, keep: Iterable[str | Path]) -> None:
                               "another --out")
 def write_config(out: Path, data: dict) -> Path:
     """Write the resolved config as ``config.yaml`` (atomically)."""
-    path = out / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
-    return path
+    text = yaml.safe_dump(data, sort_keys=False)
+    return atomic_write(out / "config.yaml", lambda fh: fh.write(text.encode("utf-8")))
 
 
 def check_resume_config(out: Path, data: dict) -> None:

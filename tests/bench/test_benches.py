@@ -33,6 +33,30 @@ def test_fit_exponent_recovers_a_power_law(scale, power):
     assert 0.9 < slope < 1.1 and r2 < 1.0
 
 
+def test_the_top_exponent_uses_the_two_largest_sizes_in_any_order(scale, monkeypatch, capsys):
+    times = {1000: 0.3 + 1e-5 * 1000, 2000: 0.3 + 1e-5 * 2000, 4000: 0.3 + 1e-5 * 4000}
+    monkeypatch.setattr(scale, "spawn", lambda spec, timeout: {"case": "scaling",
+                                                                "day_s": times[spec["users"]]})
+    fits = {}
+    for order in ([1000, 2000, 4000], [4000, 1000, 2000], [2000, 2000, 1000, 4000]):
+        scale.main(["--case", "scaling", "--users", *map(str, order), "--days", "1"])
+        lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+        fits[tuple(order)] = next(r for r in lines if r.get("case") == "scaling_fit")
+    want, _ = scale.fit_exponent([2000, 4000], [times[2000], times[4000]])
+    assert all(f["day_time_exponent_top"] == round(want, 3) for f in fits.values())
+    assert math.isnan(scale.fit_exponent([1000, 1000], [1.0, 2.0])[0])
+
+
+def test_a_timed_out_figure_leaves_no_process_or_folder(scale, tmp_path):
+    """The child (and under torchrun its ranks) runs in its own process group: the timeout
+    kills all of it, and the parent removes the run folder."""
+    spec = {"case": "scaling", "regime": "supervised_daily", "users": 1000, "items": 1000,
+            "days": 1, "device": "cpu", "tmp": str(tmp_path), "nproc": 1}
+    record = scale.spawn(spec, timeout=0.5)  # the child is still importing torch
+    assert record["error"] == "timed out after 0.5 s"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_short_full_figure_is_projected_to_its_days(scale):
     record = {"days": 1, "warmup_s": 20.0, "day_s": 80.0, "warmup_cpu_s": 30.0, "day_cpu_s": 150.0}
     out = scale.with_projection(record, 30)

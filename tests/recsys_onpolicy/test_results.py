@@ -52,3 +52,19 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         write_parquet_atomic(Boom({"x": [1]}), path)
     assert read_metrics(path).height == 3
     assert [p.name for p in tmp_path.iterdir()] == ["m.parquet"]
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    """0666 less the umask, like open(path, "w"), not the temporary file's owner-only 0600."""
+    import os
+    import stat
+
+    from recsys_onpolicy.report import write_text_atomic
+    from simulators.atomic import UMASK, atomic_write
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    for path in (atomic_write(tmp_path / "a.bin", lambda fh: fh.write(b"x")),
+                 write_text_atomic("x", tmp_path / "b.html")):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~UMASK
+        assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
