@@ -68,6 +68,8 @@ def _check_deletable(out: Path, keep: Iterable[str | Path]) -> None:
         if path.resolve().is_relative_to(real):
             raise ConfigError(f"--overwrite would delete {out}, which holds {path}; choose "
                               "another --out")
+
+
 def write_config(out: Path, data: dict) -> Path:
     """Write the resolved config as ``config.yaml`` (atomically)."""
     text = yaml.safe_dump(data, sort_keys=False)
