@@ -773,9 +773,7 @@ class TrainableScorer:
             raise ValueError(f"state is missing {sorted(missing)}; pass TrainableScorer.state_dict()")
         if self.world_size > 1:
             live_model = _quiet(self.dmp.state_dict)
-            with warnings.catch_warnings():  # "ShardedTensor is deprecated"
-                warnings.simplefilter("ignore", FutureWarning)
-                live_opt = self.dmp.fused_optimizer.state_dict()["state"]
+            live_opt = _quiet(self.dmp.fused_optimizer.state_dict)["state"]
             everything = {f"ebc.embedding_bags.{t}.weight" for t in TABLES}
             pairs = self._checked_pairs(live_model, live_opt, state, everything)
         else:
