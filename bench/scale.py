@@ -199,8 +199,8 @@ def spawn(spec: dict, timeout: float | None) -> dict:
     if spec.get("nproc", 1) > 1:  # torchrun: every rank runs the loop, in one shared folder
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(spec["nproc"]), __file__, "--child"]
-    # The run folder is made and removed here, and the child runs in its own process group: a
-    # timeout kills every process of it (torchrun's ranks too) and leaves no folder behind.
+    # The run folder is made and removed here, and the child runs in its own process group, so
+    # that a timeout or Ctrl-C stops all of it (:func:`stop`) and leaves no folder behind.
     out = tempfile.mkdtemp(prefix="scale-", dir=spec.get("tmp"))
     spec = dict(spec, out=out)
     try:
@@ -210,9 +210,11 @@ def spawn(spec: dict, timeout: float | None) -> dict:
             try:
                 stdout, stderr = child.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.communicate()
+                stop(child)
                 return {**record, "error": f"timed out after {timeout} s"}
+            except BaseException:  # Ctrl-C reaches only this process: the child has its own
+                stop(child)  # session
+                raise
     finally:
         shutil.rmtree(out, ignore_errors=True)
     proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
@@ -220,6 +222,18 @@ def spawn(spec: dict, timeout: float | None) -> dict:
     if proc.returncode != 0:
         return {**record, "error": proc.stderr.strip().splitlines()[-1:]}
     return {**record, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def stop(child: subprocess.Popen, grace: float = 30.0) -> None:
+    """End a child and everything it started. SIGTERM first: torchrun starts each rank in a
+    session of its own (out of reach of a signal to the child's group) and, on SIGTERM, stops
+    them itself; SIGKILL to the group after ``grace`` seconds."""
+    os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
 
 
 def fit_exponent(users: list[float], seconds: list[float]) -> tuple[float, float]:

@@ -175,7 +175,8 @@ class RegimeConfig(StrictModel):
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """Estimator of the KL penalty on sequences (objectives.kl_penalty). As a loss term ``k3``
     (GRPO's choice) follows the gradient of KL(pi_0 || pi) and ``k2`` that of KL(pi || pi_0);
-    ``k1`` is refused: its expected gradient is zero, so it would penalise nothing."""
+    ``k1`` is refused for a regime with beta > 0: its expected gradient is zero, so it would
+    penalise nothing."""
     n_train_prompts: int = Field(2048, ge=1)
     """Target prompts in the SFT datasets: teacher answers, Self-SFT samples, and each
     Iterative-SFT round's regenerated samples."""
@@ -190,12 +191,6 @@ class RegimeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RegimeConfig:
-        if self.kl_estimator == "k1":
-            raise ValueError(
-                "kl_estimator = 'k1': as a loss term k1 = -log r has zero expected gradient "
-                "(E_pi[grad log pi] = 0), so the KL penalty would do nothing; use k3 (the "
-                "gradient of KL(pi_0 || pi), as in GRPO) or k2 (that of KL(pi || pi_0))"
-            )
         if self.rounds > self.steps:
             raise ValueError(
                 f"rounds = {self.rounds} > steps = {self.steps}; every Iterative-SFT round "
@@ -281,6 +276,13 @@ class RecipeBase(StrictModel):
                 raise ValueError(
                     f"regime.max_new_tokens = {cfg.max_new_tokens} ({used}) cannot hold the "
                     f"longest answer plus EOS ({longest} tokens); raise it to at least {longest}"
+                )
+            if cfg.beta > 0 and cfg.kl_estimator == "k1":
+                raise ValueError(
+                    f"kl_estimator = 'k1' with beta = {cfg.beta} ({used}): as a loss term k1 = "
+                    "-log r has zero expected gradient (E_pi[grad log pi] = 0), so the KL "
+                    "penalty would do nothing; use k3 (the gradient of KL(pi_0 || pi), as in "
+                    "GRPO) or k2 (that of KL(pi || pi_0))"
                 )
         return self
 

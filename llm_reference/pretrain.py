@@ -32,7 +32,7 @@ from llm_reference.tasks import TaskSuite
 from llm_reference.tokenizer import CharTokenizer
 from simulators.atomic import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the held-out split is by problem (tasks.problem_key), not by prompt
 """Bump when the data or the model code changes in a way that makes cached bases stale."""
 
 

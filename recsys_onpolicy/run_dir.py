@@ -28,7 +28,8 @@ def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = 
     - existing, non-empty folder: an error unless ``resume`` (continue where it stopped) or
       ``overwrite`` (delete it first: only when explicitly asked, only a run folder, i.e. one
       holding ``config.yaml``, and never one that holds the working directory or a path in
-      ``keep``, e.g. the config file being run).
+      ``keep``, e.g. the config file being run, unless that is the folder's own
+      ``config.yaml``).
     """
     out = Path(out)
     if resume and overwrite:
@@ -65,6 +66,8 @@ def _check_deletable(out: Path, keep: Iterable[str | Path]) -> None:
                           "another --out or empty it yourself")
     real = out.resolve()
     for path in [Path.cwd(), *map(Path, keep)]:
+        if path.resolve() == real / "config.yaml":  # rerunning a run from its own stored config:
+            continue  # already read, and written back as the new run's config
         if path.resolve().is_relative_to(real):
             raise ConfigError(f"--overwrite would delete {out}, which holds {path}; choose "
                               "another --out")

@@ -161,10 +161,17 @@ def run_sweep(cfg: SweepConfig, url: str, experiment: str, evaluate: Evaluate,
             except BaseException:  # stopped or failed: the trial is asked again later
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
-            trial.set_user_attr("step", step)
-            for k, v in values.items():
-                trial.set_user_attr(k, v)
-            study.tell(trial, [values["target/gain"], values["probe/drop"]])
+            try:
+                trial.set_user_attr("step", step)
+                for k, v in values.items():
+                    trial.set_user_attr(k, v)
+                study.tell(trial, [values["target/gain"], values["probe/drop"]])
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # This process was silent longer than GRACE_S (e.g. suspended) and another one
+                # failed the trial meanwhile: its result is dropped and the trial asked again.
+                warnings.warn(f"sweep {experiment}/{regime}: trial {trial.number} was failed by "
+                              f"another process (no heartbeat for {GRACE_S} s); it is run again",
+                              stacklevel=1)
         rows += study_rows(study, experiment, regime)
     return to_frame(rows)
 

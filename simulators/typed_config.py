@@ -171,16 +171,23 @@ def read_yaml(path: str | Path) -> dict:
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """The safe loader, refusing a key given twice in one mapping (YAML would keep the last one
-    and silently drop the first, e.g. a second ``run:`` block replacing the whole first)."""
+    and silently drop the first, e.g. a second ``run:`` block replacing the whole first).
+
+    Only keys written out count: a merge (``<<: *anchor``) may still supply a key that the
+    mapping then sets again, which is what merges are for. Checked before the merge is
+    flattened in."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node,
+                                                                          yaml.ScalarNode):
+                continue
+            key = (key_node.tag, key_node.value)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} appears twice in one mapping: keep one",
-                    key_node.start_mark)
+                    None, None, f"the key {key_node.value!r} appears twice in one mapping: "
+                    "keep one", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 

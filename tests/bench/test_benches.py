@@ -47,13 +47,28 @@ def test_the_top_exponent_uses_the_two_largest_sizes_in_any_order(scale, monkeyp
     assert math.isnan(scale.fit_exponent([1000, 1000], [1.0, 2.0])[0])
 
 
+def running_with(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and text in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
 def test_a_timed_out_figure_leaves_no_process_or_folder(scale, tmp_path):
-    """The child (and under torchrun its ranks) runs in its own process group: the timeout
-    kills all of it, and the parent removes the run folder."""
-    spec = {"case": "scaling", "regime": "supervised_daily", "users": 1000, "items": 1000,
-            "days": 1, "device": "cpu", "tmp": str(tmp_path), "nproc": 1}
-    record = scale.spawn(spec, timeout=0.5)  # the child is still importing torch
-    assert record["error"] == "timed out after 0.5 s"
+    """The child, and under torchrun its ranks, run in their own process group: the timeout
+    kills all of them (not only torchrun's launcher), and the parent removes the run folder."""
+    args = scale.parse(["--nproc", "2", "--tmp", str(tmp_path), "--no-logs", "--threads", "1"])
+    spec = {"case": "scaling", "regime": "supervised_daily", "users": 100_000, "items": 1000,
+            "days": 50, "device": "cpu", **scale.base_spec(args)}
+    record = scale.spawn(spec, timeout=6)  # the ranks are started by then, far from done
+    assert record["error"] == "timed out after 6 s"
+    assert running_with(str(tmp_path)) == []
     assert list(tmp_path.iterdir()) == []
 
 

@@ -69,7 +69,7 @@ def test_presets_merge_shared_then_preset_then_overrides():
         ({"pretrain": {"target_share": 1.5}}, r"pretrain.target_share = 1.5.*<= 1.0"),
         ({"runtime": {"precision": "8-bit"}}, "runtime.precision"),
         ({"surprise": 1}, "surprise: unknown key"),
-        ({"regime": {"kl_estimator": "k1"}}, "kl_estimator = 'k1'.*zero expected gradient"),
+        ({"regime": {"kl_estimator": "k1"}}, r"kl_estimator = 'k1' .*\(grpo_kl\).*zero expected"),
         # evaluation generates with the shared setting even when every preset overrides it
         ({"regimes": ["grpo"], "regime": {"max_new_tokens": 3},
           "overrides": {"grpo": {"max_new_tokens": 8}}}, r"= 3 \(evaluation\)"),
@@ -111,3 +111,9 @@ def test_runtime_defaults(monkeypatch, tmp_path):
     assert RuntimeConfig().resolved_cache_dir() == tmp_path / "llm_reference"
     assert RuntimeConfig(cache_dir=str(tmp_path / "c")).resolved_cache_dir() == tmp_path / "c"
     assert RuntimeConfig().threads == 1
+
+
+def test_k1_is_fine_where_no_regime_has_a_kl_penalty():
+    cfg = validate(LMRecipeConfig, {"regimes": ["grpo", "teacher_sft"],
+                                    "regime": {"kl_estimator": "k1"}})
+    assert cfg.regime_config("grpo").beta == 0.0

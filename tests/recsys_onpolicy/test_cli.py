@@ -346,6 +346,18 @@ def test_overwrite_deletes_only_run_folders(tmp_path, capsys):
     assert snapshot(tmp_path / "cfg") == before
 
 
+def test_overwrite_may_rerun_a_run_from_its_own_config(finished, tmp_path, monkeypatch):
+    _, done, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(done, out)
+    stored = (out / "config.yaml").read_text()
+    (out / "extra.txt").write_text("from the earlier run")
+    crash_after(monkeypatch, days=0)  # the rerun itself is tested above
+    with pytest.raises(Crash):
+        run_cli("run", out / "config.yaml", "--out", out, "--overwrite", "--no-progress")
+    assert not (out / "extra.txt").exists() and (out / "config.yaml").read_text() == stored
+
+
 def test_bad_variant_is_refused_before_the_run_folder_is_touched(finished, tmp_path, capsys):
     config, done, _ = finished
     out = tmp_path / "run"

@@ -113,3 +113,28 @@ def test_bad_storage_and_infinite_range_are_config_errors(tmp_path):
         open_storage("notaurl")
     with pytest.raises(ConfigError, match="lr_high"):
         validate(SweepConfig, {"lr_high": float("inf")})
+
+
+def test_a_trial_failed_by_another_process_meanwhile_is_run_again(tmp_path):
+    """A process suspended past the grace period finds its trial failed by another one: it
+    drops that result with a warning and asks again, instead of crashing."""
+    import optuna
+
+    from recsys_onpolicy import sweep
+
+    cfg = validate(SweepConfig, {"regimes": ["sft"], "trials": 1})
+    url = storage_url(cfg, tmp_path)
+    calls = []
+
+    def failed_meanwhile(regime, lr, trial):
+        calls.append(trial)
+        if len(calls) == 1:  # as another process's fail_stale_trials would
+            storage = sweep.open_storage(url)
+            study = sweep._study(cfg, storage, "lr_sweep", "sft", "")
+            storage.set_trial_state_values(study.trials[trial]._trial_id,
+                                           optuna.trial.TrialState.FAIL)
+        return {"target/gain": lr, "probe/drop": lr}, 1
+
+    with pytest.warns(UserWarning, match="failed by another process"):
+        frame = run_sweep(cfg, url, "lr_sweep", failed_meanwhile)
+    assert calls == [0, 1] and frame.filter(pl.col("metric") == "sweep/lr").height == 1

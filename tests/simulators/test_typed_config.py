@@ -98,3 +98,18 @@ def test_a_boolean_for_a_number_is_refused(data, words):
     with pytest.raises(ConfigError, match=words):
         validate(Outer, data)
     assert validate(Outer, {"n": 2, "inner": {"rate": 1}}).n == 2  # numbers still pass
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    """A merge may supply a key the mapping sets again (that is not a repeat); keys that are
+    not scalars give the YAML error, not a traceback."""
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &b {n: 3, inner: {rate: 0.2}}\nn: 5\nother:\n  <<: *b\n  n: 4\n")
+    from simulators.typed_config import read_yaml
+
+    data = read_yaml(merged)
+    assert data["other"] == {"n": 4, "inner": {"rate": 0.2}}
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("[1, 2]: 3\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(odd)
