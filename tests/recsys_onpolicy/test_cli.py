@@ -346,10 +346,15 @@ def test_overwrite_deletes_only_run_folders(tmp_path, capsys):
     assert snapshot(tmp_path / "cfg") == before
 
 
-def test_overwrite_may_rerun_a_run_from_its_own_config(finished, tmp_path, monkeypatch):
-    _, done, _ = finished
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of a finished run folder to spoil."""
     out = tmp_path / "run"
-    shutil.copytree(done, out)
+    shutil.copytree(run_dir, out)
+    return out
+
+
+def test_overwrite_may_rerun_a_run_from_its_own_config(finished, tmp_path, monkeypatch):
+    out = copy_of(finished[1], tmp_path)
     stored = (out / "config.yaml").read_text()
     (out / "extra.txt").write_text("from the earlier run")
     crash_after(monkeypatch, days=0)  # the rerun itself is tested above
@@ -360,8 +365,7 @@ def test_overwrite_may_rerun_a_run_from_its_own_config(finished, tmp_path, monke
 
 def test_bad_variant_is_refused_before_the_run_folder_is_touched(finished, tmp_path, capsys):
     config, done, _ = finished
-    out = tmp_path / "run"
-    shutil.copytree(done, out)
+    out = copy_of(done, tmp_path)
     before = snapshot(out)
     assert run_cli("run", config, "--out", out, "--overwrite", "--set",
                    "variants={v: {model.head_widht: 3}}") == 2
@@ -382,29 +386,21 @@ def test_values_that_would_run_silently_wrong_are_refused(override, words, tmp_p
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_a_gpu_is_refused_before_the_run(tmp_path, capsys):
-    config = write_config(tmp_path)
-    assert run_cli("run", config, "--out", tmp_path / "out", "--set", "run.model.device=cuda") == 2
-    assert "no CUDA device" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("config, override", [
+    (None, "run.model.device=cuda"),  # the tiny recsys config
     ("configs/llm/mixture_toy.yaml", "mixture_toy.device=cuda"),
     ("configs/llm/tiny_lm_recipe.yaml", "runtime.accelerator=gpu"),
 ])
-def test_llm_cuda_without_a_gpu_is_refused_before_the_run(config, override, tmp_path, capsys):
-    root = Path(__file__).resolve().parents[2]
-    assert run_cli("run", root / config, "--out", tmp_path / "out", "--set", override) == 2
+def test_cuda_without_a_gpu_is_refused_before_the_run(config, override, tmp_path, capsys):
+    path = write_config(tmp_path) if config is None else Path(__file__).parents[2] / config
+    assert run_cli("run", path, "--out", tmp_path / "out", "--set", override) == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_resume_with_a_damaged_config_or_checkpoint(finished, tmp_path, capsys):
     config, done, _ = finished
-    out = tmp_path / "run"
-    shutil.copytree(done, out)
+    out = copy_of(done, tmp_path)
     good = (out / "config.yaml").read_bytes()
     (out / "config.yaml").write_text("run: [unclosed\n")
     assert run_cli("run", config, "--out", out, "--resume", "--no-progress") == 2
