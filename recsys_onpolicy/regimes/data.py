@@ -14,7 +14,10 @@ positions into the request's candidates, and one reward per slate.
   :func:`recsys_onpolicy.regimes.sft.traces_data`).
 
 The reward of a slate is its number of sampled clicks, or its expected number of clicks under
-the ground truth (``reward: expected``, lower variance, simulation only).
+the ground truth (``reward: expected``, lower variance, simulation only). It is the answer of the
+world as it is when the regime trains: with ``cadence: daily`` that is after the day's feedback
+and end-of-day dynamics (drift, churn), a slightly later user state than the one served; with
+``cadence: streaming`` it is after the served batch's feedback.
 """
 from __future__ import annotations
 
