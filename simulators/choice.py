@@ -9,10 +9,15 @@ order, (B, K). Every model returns the *marginal* click probability of each posi
 - Cascade: the user scans top-down and clicks the first attractive item, then stops:
   ``p_k = sigmoid(l_k) * prod_{j<k} (1 - sigmoid(l_j))``; at most one click.
 - MNL with a no-click option: ``p_k = exp(l_k + log exam_k) / (exp(l_0') + sum_j exp(l_j + log
-  exam_j))`` with ``l_0'`` the no-click logit; at most one click (RecSim's multinomial logit).
+  exam_j))`` with ``l_0'`` the no-click logit; at most one click (RecSim's
+  ``MultinomialLogitChoiceModel``).
+- Proportional with a no-click option: ``s_k = exam_k * max(l_k - m, 0)``, ``p_k = s_k / (n - m +
+  sum_j s_j)`` with ``m`` the min normalizer and ``n`` the no-click score; at most one click
+  (RecSim's ``MultinomialProportionalChoiceModel``, which its interest-evolution environment
+  uses with m = -1, n = 1; RecSim asserts ``l_k >= m`` where this counts a lower score as 0).
 
-Cascade and MNL clicks are mutually exclusive events, so both are sampled with one uniform per
-slate by inverting the cumulative marginals; PBM draws one uniform per position.
+Cascade, MNL and proportional clicks are mutually exclusive events, so they are sampled with one
+uniform per slate by inverting the cumulative marginals; PBM draws one uniform per position.
 """
 from __future__ import annotations
 
@@ -54,6 +59,18 @@ def mnl_probs(
     return e / denom
 
 
+def proportional_probs(
+    logits: torch.Tensor, no_click_score: float, min_normalizer: float,
+    exam: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, K) scores (+ optional (K,) examination weights) -> (B, K) choice probabilities
+    ``s_k / (no_click_score - min_normalizer + sum_j s_j)``, ``s = exam * max(l - m, 0)``."""
+    s = (logits - min_normalizer).clamp_min(0.0)  # (B, K)
+    if exam is not None:
+        s = s * exam
+    return s / (s.sum(dim=1, keepdim=True) + (no_click_score - min_normalizer))
+
+
 def click_probs(cfg: ChoiceConfig, logits: torch.Tensor) -> torch.Tensor:
     """Marginal click probability per slate position under ``cfg.model``, (B, K)."""
     k = logits.shape[1]
@@ -61,6 +78,9 @@ def click_probs(cfg: ChoiceConfig, logits: torch.Tensor) -> torch.Tensor:
         return pbm_probs(logits, examination(k, cfg.position_decay, logits.device))
     if cfg.model == "cascade":
         return cascade_probs(logits)
+    if cfg.model == "proportional":
+        exam = examination(k, cfg.position_decay, logits.device) if cfg.position_decay > 0 else None
+        return proportional_probs(logits, cfg.no_click_logit, cfg.min_normalizer, exam)
     pos = None
     if cfg.position_decay > 0:
         pos = -cfg.position_decay * torch.log1p(torch.arange(k, device=logits.device,
@@ -72,12 +92,15 @@ def top_position_probs(cfg: ChoiceConfig, logits: torch.Tensor) -> torch.Tensor:
     """Click probability of each item if shown alone at the top position, (B, N)."""
     if cfg.model == "mnl":
         return torch.sigmoid(logits - cfg.no_click_logit)
+    if cfg.model == "proportional":
+        return proportional_probs(logits.reshape(-1, 1), cfg.no_click_logit,
+                                  cfg.min_normalizer).view_as(logits)
     return torch.sigmoid(logits)
 
 
 def at_most_one_click(cfg: ChoiceConfig) -> bool:
     """Whether the model allows at most one click per slate."""
-    return cfg.model in ("cascade", "mnl")
+    return cfg.model in ("cascade", "mnl", "proportional")
 
 
 def sample_independent(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -79,10 +79,12 @@ class ChoiceConfig(StrictModel):
     ``affinity_scale * affinity(u, i) + quality_weight * quality_i + click_bias - fatigue``,
     where ``affinity = (1/mode_sharpness) * log sum_m w_m exp(mode_sharpness * <z_m, e_i>)``."""
 
-    model: Literal["pbm", "cascade", "mnl"] = "pbm"
+    model: Literal["pbm", "cascade", "mnl", "proportional"] = "pbm"
     """`pbm`: position-based (click = examined AND attracted, independently per position);
     `cascade`: scan top-down, click the first attractive item, stop; `mnl`: multinomial logit over
-    the slate plus a no-click option (at most one click)."""
+    the slate plus a no-click option (at most one click); `proportional`: choice in proportion to
+    the logit minus `min_normalizer`, plus a no-click option (at most one click; RecSim's
+    interest-evolution environment). See :mod:`simulators.choice`."""
     affinity_scale: float = Field(4.0, ge=0.0)
     """Weight of the user-item affinity in the attraction logit."""
     quality_weight: float = Field(0.5)
@@ -93,9 +95,23 @@ class ChoiceConfig(StrictModel):
     """Temperature inverse of the soft maximum over interest modes (large = hard max)."""
     position_decay: float = Field(1.0, ge=0.0)
     """Examination at 0-based position k is (k+1)^-position_decay (`pbm`); for `mnl` its log is
-    added to the logit; unused by `cascade`. 0 means no position effect."""
+    added to the logit, for `proportional` it multiplies the score; unused by `cascade`. 0 means
+    no position effect."""
     no_click_logit: float = Field(1.0)
-    """Logit of the no-click option (`mnl` only; RecSim's `no_click_mass`)."""
+    """Score of the no-click option: a logit for `mnl`, a raw score (before `min_normalizer` is
+    subtracted) for `proportional`; RecSim's `no_click_mass` in both. Unused otherwise."""
+    min_normalizer: float = Field(-1.0)
+    """`proportional` only: subtracted from every score and from the no-click score (RecSim's
+    `min_normalizer`); a logit below it counts as 0."""
+
+    @model_validator(mode="after")
+    def _check_no_click(self) -> ChoiceConfig:
+        if self.model == "proportional" and not self.no_click_logit > self.min_normalizer:
+            raise ValueError(
+                f"no_click_logit = {self.no_click_logit} must exceed min_normalizer = "
+                f"{self.min_normalizer} for model 'proportional' (the no-click option needs "
+                "positive mass; RecSim uses 1 and -1)")
+        return self
 
 
 class DriftConfig(StrictModel):

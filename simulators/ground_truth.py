@@ -88,10 +88,10 @@ def item_attraction(world: World, users: torch.Tensor, items: torch.Tensor) -> t
 def oracle_slate(world: World, users: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Positions into ``candidates`` (B, C) of the slate with the most expected clicks, (B, K).
 
-    For all three choice models the optimum is the K most attractive candidates in decreasing
-    order: PBM and MNL reward each item monotonically and examination decreases with position
-    (rearrangement inequality); the cascade's click probability 1 - prod(1 - a_k) depends only
-    on the set.
+    For every choice model the optimum is the K most attractive candidates in decreasing order:
+    PBM, MNL and proportional choice reward each item monotonically and examination decreases
+    with position (rearrangement inequality); the cascade's click probability
+    1 - prod(1 - a_k) depends only on the set.
     """
     logits = attraction_logits(world, users, candidates)  # (B, C)
     return torch.topk(logits, world.cfg.slate_size, dim=1, sorted=True).indices

@@ -3,13 +3,18 @@
 - :func:`tiny`: seconds-scale world for tests and smoke runs.
 - :func:`default_latent`: the default experiment world: latent item embeddings in topic clusters,
   cohorts with multi-modal interests, a retrieval mix, position-based clicks, gentle drift.
-- :func:`recsim_equivalent`: the semantics of RecSim's interest-evolution environment, for
-  throughput comparisons: 20 one-hot topics, quality on RecSim's topic ladder (-3..3, std 0.1),
-  interests uniform in [-1, 1], multinomial logit with a no-click logit of 1 over
-  ``interest[topic]``, 100 uniformly drawn candidates, slate 10, RecSim's interest evolution
-  after a click (step 0.3). Every user is active every day, so a simulated day is one RecSim step
-  per user. What differs: RecSim ends a user's session when a time budget runs out; here a user
-  takes one step per day and retention is off.
+- :func:`recsim_equivalent`: the user model of RecSim's interest-evolution environment
+  (``recsim/environments/interest_evolution.py``), for throughput comparisons: 20 one-hot
+  topics, quality on RecSim's topic ladder (-3..3, std 0.1), interests uniform in [-1, 1], the
+  score of an item is ``interest[topic]``, RecSim's multinomial *proportional* choice with
+  ``min_normalizer`` -1 and ``no_click_mass`` 1 (P(k) = (x_k + 1) / (2 + sum_j (x_j + 1))), 100
+  uniformly drawn candidates, slate 10, RecSim's interest evolution after a click (step 0.3).
+  Every user is active every day, so a simulated day is one RecSim step per user. What differs:
+  RecSim ends a user's session when a time budget runs out and samples a fresh user, and item
+  quality only stretches or shrinks that budget; here users persist (interest evolution
+  compounds across days), retention is off, so quality has no effect, and the reward is clicks
+  (RecSim: 4 minutes of watch time per click, cut at the end of the budget). RecSim's agent
+  observes the interest vector; here policies see requests (history, cohort).
 """
 from __future__ import annotations
 
@@ -62,8 +67,9 @@ def recsim_equivalent(overrides: dict[str, Any] | None = None) -> WorldConfig:
         "items": {"n_items": 100_000, "representation": "topics", "n_topics": 20,
                   "topic_quality": "ladder", "topic_quality_spread": 3.0, "quality_std": 0.1,
                   "items_per_day": 0},
-        "choice": {"model": "mnl", "affinity_scale": 1.0, "quality_weight": 0.0,
-                   "click_bias": 0.0, "position_decay": 0.0, "no_click_logit": 1.0},
+        "choice": {"model": "proportional", "affinity_scale": 1.0, "quality_weight": 0.0,
+                   "click_bias": 0.0, "position_decay": 0.0, "no_click_logit": 1.0,
+                   "min_normalizer": -1.0},
         "dynamics": {"reinforcement": {"enabled": True, "rule": "recsim", "rate": 0.3}},
         "candidates": {"n_candidates": 100, "interest": 0.0, "popular": 0.0, "fresh": 0.0,
                        "random": 1.0},

@@ -11,7 +11,7 @@ probabilities on the same impressions as the ceiling.
   set's ``label_seed`` on every call, so the uniforms behind the clicks are the same every day
   (common random numbers). Under independent clicks (``pbm``) a label changes only where its
   true probability moved across its fixed uniform; under one-click models (``cascade``,
-  ``mnl``) one uniform per slate picks a position against cumulative probabilities, so a label
+  ``mnl``, ``proportional``) one uniform per slate picks a position against cumulative probabilities, so a label
   can also change when other positions' probabilities move. Either way labels depend on the
   world, not on the model scored. Noise-free: each impression is a positive with weight p and a negative with
   weight 1 - p (:func:`soft_label_auc`), the expectation of the sampled-label confusion counts.

@@ -37,6 +37,22 @@ def test_mnl_by_hand():
     assert torch.allclose(p, (e / (e.sum() + 1.0)).unsqueeze(0))
 
 
+def test_proportional_by_hand():
+    """RecSim's MultinomialProportionalChoiceModel: scores minus min_normalizer, the no-click
+    option's mass included; a score below min_normalizer counts as 0."""
+    scores = torch.tensor([[0.5, -1.0, 0.2, -3.0]])
+    p = choice.click_probs(cfg("proportional", no_click_logit=1.0, min_normalizer=-1.0,
+                               position_decay=0.0), scores)
+    s = torch.tensor([1.5, 0.0, 1.2, 0.0])
+    assert torch.allclose(p, (s / (2.0 + s.sum())).unsqueeze(0))
+    p = choice.click_probs(cfg("proportional", no_click_logit=1.0, min_normalizer=-1.0,
+                               position_decay=1.0), scores)
+    s = s / torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert torch.allclose(p, (s / (2.0 + s.sum())).unsqueeze(0))
+    with pytest.raises(ValueError, match="must exceed min_normalizer"):
+        cfg("proportional", no_click_logit=-1.0, min_normalizer=-1.0)
+
+
 def test_mnl_matches_torch_softmax():
     logits = torch.randn(50, 7, generator=torch.Generator().manual_seed(0)) * 5
     ref = torch.softmax(torch.cat([logits, torch.full((50, 1), 0.7)], 1), 1)[:, :-1]
@@ -45,9 +61,9 @@ def test_mnl_matches_torch_softmax():
 
 def test_top_position_probs():
     assert torch.allclose(choice.top_position_probs(cfg("pbm"), LOGITS), torch.sigmoid(LOGITS))
-    mnl = cfg("mnl", no_click_logit=1.0)
-    assert torch.allclose(choice.top_position_probs(mnl, LOGITS),
-                          choice.click_probs(mnl, LOGITS.T).T)  # each item alone
+    for one_click in (cfg("mnl", no_click_logit=1.0), cfg("proportional", no_click_logit=1.0)):
+        assert torch.allclose(choice.top_position_probs(one_click, LOGITS),
+                              choice.click_probs(one_click, LOGITS.T).T)  # each item alone
 
 
 finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False)
@@ -55,9 +71,10 @@ finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False)
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(finite, min_size=4, max_size=4), min_size=1, max_size=6),
-       st.sampled_from(["pbm", "cascade", "mnl"]), st.floats(-50, 50), st.integers(0, 2**31))
+       st.sampled_from(["pbm", "cascade", "mnl", "proportional"]), st.floats(-50, 50),
+       st.integers(0, 2**31))
 def test_probabilities_are_valid_for_any_logits(rows, model, no_click, seed):
-    c = cfg(model, no_click_logit=no_click)
+    c = cfg(model, no_click_logit=no_click, min_normalizer=no_click - 1.0)
     p = choice.click_probs(c, torch.tensor(rows))
     assert bool(torch.isfinite(p).all()) and bool(((p >= 0) & (p <= 1)).all())
     if choice.at_most_one_click(c):
@@ -71,7 +88,7 @@ def test_probabilities_are_valid_for_any_logits(rows, model, no_click, seed):
 N = 200_000
 
 
-@pytest.mark.parametrize("model", ["pbm", "cascade", "mnl"])
+@pytest.mark.parametrize("model", ["pbm", "cascade", "mnl", "proportional"])
 def test_empirical_click_rates_match_the_analytic_marginals(model):
     """Tolerance: 5 binomial standard errors per position (N = 200k slates, fixed seed)."""
     c = cfg(model, position_decay=0.7, no_click_logit=0.5)
