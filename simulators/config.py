@@ -40,7 +40,9 @@ class UserConfig(StrictModel):
     mode_weight_spread: float = Field(0.5, ge=0.0)
     """Mode weights are softmax(N(0, mode_weight_spread)) per user; 0 gives equal weights."""
     activity_mean: float = Field(0.5, gt=0.0, le=1.0)
-    """Mean daily probability that a user makes a request (each user makes at most one a day)."""
+    """Mean daily probability that a user makes a request (each user makes at most one a day),
+    before the per-user rates are clipped at 1: with a high mean and wide spreads the realised
+    mean is somewhat lower."""
     activity_spread: float = Field(0.3, ge=0.0)
     """Log-normal spread of activity across users (rates are clipped to 1)."""
     cohort_activity_spread: float = Field(0.2, ge=0.0)
