@@ -90,6 +90,13 @@ def test_drift_without_noise_closes_the_pull_share_of_the_gap():
     assert torch.allclose(got, torch.full((3, 2, 4), 0.25))
 
 
+def test_drift_noise_has_the_configured_std():
+    """With no pull the step is pure noise: N(0, noise^2) per coordinate."""
+    z = torch.zeros(20_000, 2, 4)
+    step = dynamics.drift(z, torch.ones_like(z), pull=0.0, noise=0.07, gen=make_generator(3))
+    assert abs(step.std().item() - 0.07) < 0.002 and abs(step.mean().item()) < 0.002
+
+
 def test_churn_extremes():
     active = torch.tensor([True, True, False, False])
     requested = torch.tensor([True, False, False, False])
@@ -158,6 +165,14 @@ def test_retention_unhappy_users_leave_more_than_happy_ones():
     assert random_w.users.active.float().mean() < 0.95
 
 
+def test_users_who_left_make_no_requests():
+    w = make_world(presets.tiny({"users": {"activity_mean": 1.0, "activity_spread": 0.0,
+                                           "cohort_activity_spread": 0.0}}), make_generator(0))
+    w.users.active[::2] = False  # every other user has left
+    log = simulate_day(w, uniform_random_policy(5, make_generator(1)), make_generator(2))
+    assert len(log) == w.n_users // 2 and bool((log.users % 2 == 1).all())
+
+
 def test_recsim_rule_updates_only_the_clicked_topic():
     cfg = presets.recsim_equivalent({"users": {"n_users": 300}, "items": {"n_items": 500}})
     w = make_world(cfg, make_generator(0))
@@ -173,3 +188,4 @@ def test_recsim_rule_updates_only_the_clicked_topic():
     moved = diff[log.users[rows]].abs().argmax(1)
     ok = (changed[log.users[rows]] == 0) | (moved == topic)  # a step can be 0 at |x| = 1
     assert bool(ok.all())
+    assert (changed[log.users[rows]] == 1).float().mean() > 0.9  # and the rule did act
