@@ -135,7 +135,7 @@ def measure(spec: dict) -> dict | None:
             requests.append(len(state.log))
         return rows
 
-    out = Path(spec.get("out") or tempfile.mkdtemp(prefix="scale-", dir=spec.get("tmp")))
+    out = Path(spec["out"])  # made (and removed again) by the parent, spawn()
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
         loop.run(cfg, out, probe_fn=timed_probe, progress=False, experiment="scale")
@@ -217,11 +217,10 @@ def spawn(spec: dict, timeout: float | None) -> dict:
                 raise
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     record.update(load_avg_1m_after=load_avg())
-    if proc.returncode != 0:
-        return {**record, "error": proc.stderr.strip().splitlines()[-1:]}
-    return {**record, **json.loads(proc.stdout.strip().splitlines()[-1])}
+    if child.returncode != 0:
+        return {**record, "error": stderr.strip().splitlines()[-1:]}
+    return {**record, **json.loads(stdout.strip().splitlines()[-1])}
 
 
 def stop(child: subprocess.Popen, grace: float = 30.0) -> None:

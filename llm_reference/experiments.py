@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from simulators.config import require_device
 from simulators.typed_config import ConfigError, validate
 
 
@@ -41,20 +42,12 @@ def validate_experiment(data: dict, source: str = "") -> None:
         from llm_reference.mixture_toy import MixtureToyFile
 
         cfg = validate(MixtureToyFile, _seeds(data)[0], source=source)
-        _check_gpu(source, "mixture_toy.device", cfg.mixture_toy.device)
+        require_device("mixture_toy.device", cfg.mixture_toy.device, source, fix="'cpu'")
     else:
         from llm_reference.config import LMRecipeConfig
 
         cfg = validate(LMRecipeConfig, _recipe_data(data), source=source)
-        _check_gpu(source, "runtime.accelerator", cfg.runtime.accelerator)
-
-
-def _check_gpu(source: str, key: str, device: str) -> None:
-    """ConfigError when ``device`` asks for CUDA on a machine without it (before any run)."""
-    if device.startswith(("cuda", "gpu")) and not torch.cuda.is_available():
-        fix = "'auto' or 'cpu'" if key.endswith("accelerator") else "'cpu'"
-        raise ConfigError(f"{source}{key} = {device!r} but this machine has no CUDA device: "
-                          f"use {fix}")
+        require_device("runtime.accelerator", cfg.runtime.accelerator, source)
 
 
 def run_mixture_toy_experiment(data: dict, out: Path, progress: bool = True) -> pl.DataFrame:

@@ -36,6 +36,7 @@ from recsys_onpolicy.regimes.config import resolve_regime
 from recsys_onpolicy.results import to_frame
 from recsys_onpolicy.run_config import RecsysRunConfig
 from recsys_onpolicy.sweep import SweepConfig
+from simulators.config import require_device
 from simulators.typed_config import ConfigError, StrictModel, validate
 
 # (domain, experiment kind) -> "module:function(data: dict, out: Path, progress: bool) -> frame"
@@ -256,11 +257,8 @@ def validate_experiment(data: dict, source: str = "") -> RecsysExperiment | dict
     if data.get("domain", "recsys") == "recsys":
         exp = validate(RecsysExperiment, data, source=source)
         expand(exp, Path("."))  # every variant x regime validates before any folder is touched
-        for key, dev in (("run.model.device", exp.run.model.device),
-                         ("run.world.device", exp.run.world.device)):
-            if dev.startswith("cuda") and not torch.cuda.is_available():
-                raise ConfigError(f"{source}{key} = {dev!r} but this machine has no CUDA device: "
-                                  "use 'auto' (CUDA when present) or 'cpu'")
+        require_device("run.model.device", exp.run.model.device, source)
+        require_device("run.world.device", exp.run.world.device, source)
         return exp
     module, _ = LLM_RUNNERS[data["experiment"]].split(":")
     importlib.import_module(module).validate_experiment(data, source)

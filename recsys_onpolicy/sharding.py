@@ -215,7 +215,7 @@ def plan_tables(
         raise _memory_error(ebc, sparse_optimizer, per_rank, world, types,
                             f"torchrec's planner found no placement ({_first_line(err)})") from err
     module_plan = plan.plan[""]
-    check_ranks(ebc, module_plan, sparse_optimizer, per_rank, types)
+    check_ranks(ebc, module_plan, sparse_optimizer, per_rank, world, types)
     return module_plan
 
 
@@ -244,12 +244,11 @@ def rank_bytes(plan: EmbeddingModuleShardingPlan, sparse_optimizer: str) -> dict
 
 
 def check_ranks(ebc: EmbeddingBagCollection, plan: EmbeddingModuleShardingPlan,
-                sparse_optimizer: str, per_rank: int, types: list[str]) -> None:
+                sparse_optimizer: str, per_rank: int, world: int, types: list[str]) -> None:
     """Raise :class:`ShardingPlanError` when a rank of ``plan`` holds more than ``per_rank``."""
     used = rank_bytes(plan, sparse_optimizer)
     over = {r: b for r, b in sorted(used.items()) if b > per_rank}
     if over:
-        world = max(used) + 1
         held = ", ".join(f"rank {r} {b / GIB:.4g} GiB" for r, b in over.items())
         raise _memory_error(ebc, sparse_optimizer, per_rank, world, types,
                             f"the best placement found still gives {held}")

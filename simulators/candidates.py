@@ -36,7 +36,6 @@ SOURCES = ("interest", "popular", "fresh", "random")
 class RetrievalIndex:
     """Per-day lookup structures for the retrieval sources."""
 
-    key: tuple[int, int]  # (day, n_items) it was built for
     perm2: torch.Tensor  # (2I,) a random permutation of item ids, twice (the `random` source)
     by_topic: torch.Tensor  # (I,) item ids sorted by topic
     topic_start: torch.Tensor  # (T,) offset of each topic in by_topic
@@ -71,7 +70,7 @@ def build_index(world: World, gen: torch.Generator) -> RetrievalIndex:
     if fresh_start >= n:  # no item in the window: use the newest day's items
         fresh_start = int(torch.searchsorted(items.birth_day, items.birth_day[-1]).item())
     return RetrievalIndex(
-        key=(world.day, n), perm2=perm2, by_topic=by_topic, topic_start=topic_start,
+        perm2=perm2, by_topic=by_topic, topic_start=topic_start,
         topic_count=topic_count, popular_cdf=torch.cumsum(weights, 0), fresh_start=fresh_start,
     )
 

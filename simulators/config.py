@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from simulators.typed_config import StrictModel
+from simulators.typed_config import ConfigError, StrictModel
 
 
 class UserConfig(StrictModel):
@@ -272,3 +272,12 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device = {device!r} but CUDA is not available here: use 'cpu' or 'auto'")
     return dev
+
+
+def require_device(key: str, device: str, source: str = "",
+                   fix: str = "'auto' (CUDA when present) or 'cpu'") -> None:
+    """ConfigError naming ``key`` when ``device`` asks for CUDA (``cuda``, ``cuda:N``, ``gpu``)
+    on a machine without it: checked before a run starts, not when its model is built."""
+    if device.startswith(("cuda", "gpu")) and not torch.cuda.is_available():
+        raise ConfigError(f"{source}{key} = {device!r} but this machine has no CUDA device: "
+                          f"use {fix}")

@@ -21,18 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 from simulators.config import WorldConfig
-from simulators.typed_config import validate
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+from simulators.typed_config import merge, validate
 
 
 def _build(spec: dict, overrides: dict[str, Any] | None) -> WorldConfig:
-    return validate(WorldConfig, _merge(spec, overrides or {}))
+    return validate(WorldConfig, merge(spec, overrides or {}))
 
 
 def tiny(overrides: dict[str, Any] | None = None) -> WorldConfig:

@@ -136,16 +136,18 @@ def replace(cfg: M, **changes: Any) -> M:
     A mapping given for a field whose current value is a mapping or a config is merged into it
     (``replace(world_cfg, candidates={"n_candidates": 50})`` keeps the other candidate
     settings); any other value, a config object included, replaces the field."""
-    return validate(type(cfg), _merge(cfg.model_dump(), changes))
+    return validate(type(cfg), merge(cfg.model_dump(), changes))
 
 
-def _merge(base: dict, changes: dict) -> dict:
+def merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` merged in: nested mappings key by key, a config object as its
+    mapping, anything else replaced."""
     out = dict(base)
     for key, value in changes.items():
         if isinstance(value, BaseModel):
             value = value.model_dump()
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            value = _merge(out[key], value)
+            value = merge(out[key], value)
         out[key] = value
     return out
 

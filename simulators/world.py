@@ -91,7 +91,8 @@ class World:
         return self.cohort_centres.shape[0]
 
     def clone(self) -> World:
-        """A deep copy of the state (for paired control runs and probes that must not touch it)."""
+        """A deep copy of the state (for paired control runs and probes that must not touch it);
+        the config, immutable, is shared."""
 
         def copy(obj):
             return type(obj)(**{
@@ -101,7 +102,7 @@ class World:
             })
 
         return World(
-            cfg=self.cfg.model_copy(deep=True), users=copy(self.users), items=copy(self.items),
+            cfg=self.cfg, users=copy(self.users), items=copy(self.items),
             topic_centres=self.topic_centres.clone(), topic_quality=self.topic_quality.clone(),
             cohort_centres=self.cohort_centres.clone(), day=self.day,
         )
