@@ -28,6 +28,9 @@ Fields: ``wall_s`` (whole run incl. warm-up), ``warmup_s`` (build + warm-up + da
 ``day_s`` (wall time per experiment day: median over days), ``cpu_s``, ``warmup_cpu_s`` and
 ``day_cpu_s`` (the same in process CPU seconds, all threads: less sensitive to other processes
 than wall time), ``probe_s`` (median wall time of one day's probes, part of ``day_s``),
+``phase_s`` (where a day's wall time goes, median over days per phase: ``serve`` = scoring and
+sampling the served slates (CPU only), ``simulate`` = the rest of the simulated day, ``train``,
+``write_logs``, ``checkpoint``, ``probe``, ``other``; :class:`PhaseClock`),
 ``projected_wall_s`` / ``projected_cpu_s`` (a ``full`` figure run with fewer ``--days``:
 warm-up + 30 x the median day), ``requests_per_s`` and ``impressions_per_s`` (served requests /
 impressions of the experiment days over their wall time), ``peak_rss_gib``, the settings, and
@@ -54,6 +57,7 @@ fresh tensors; first-touch page faults showed up as a large share of system time
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -117,20 +121,26 @@ def measure(spec: dict) -> dict | None:
     cpu_stamps: list[float] = []  # process CPU time (all threads), robust to a shared machine
     probe_s: list[float] = []
     requests: list[int] = []
+    phases: list[dict[str, float]] = []  # per day: wall seconds of each phase
     probe = loop.expected_clicks_probe
     if spec.get("probes") == "daily":
         from recsys_onpolicy.probes import DailyProbes
 
         probe = DailyProbes()  # every probe family at the default ProbeConfig sizes
+    cuda = resolve_device(cfg.world.device).type == "cuda"
+    clock = PhaseClock(torch.cuda.synchronize if cuda else None)
+    clock.install(loop, per_batch=not cuda)
+    probe = clock.wrap("probe", probe)
 
     def timed_probe(step: int, state) -> list[dict]:
         begin = time.perf_counter()
         rows = probe(step, state)
-        if state.world.device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
         cpu_stamps.append(time.process_time())
         probe_s.append(stamps[-1] - begin)
+        phases.append(clock.take())
         if step > 0:
             requests.append(len(state.log))
         return rows
@@ -156,6 +166,7 @@ def measure(spec: dict) -> dict | None:
         "cpu_s": round(cpu, 2), "warmup_cpu_s": round(cpu_stamps[0] - cpu_start, 2),
         "day_cpu_s": round(statistics.median(day_cpu), 3),
         "probe_s": round(statistics.median(probe_s[1:]), 3),
+        "phase_s": phase_medians(phases[1:], days),
         "requests_per_day": round(statistics.mean(requests)),
         "requests_per_s": round(sum(requests) / day_wall, 1),
         "impressions_per_s": round(k * sum(requests) / day_wall, 1),
@@ -164,6 +175,74 @@ def measure(spec: dict) -> dict | None:
         "torch_threads": torch.get_num_threads(),
         "device": str(resolve_device(cfg.world.device)),
     }
+
+
+class PhaseClock:
+    """Wall seconds per phase of the daily loop, each second counted once: time spent inside a
+    nested phase (serving inside the simulated day, streaming training inside serving) counts
+    for the innermost one only. ``sync`` (CUDA: ``torch.cuda.synchronize``) runs at every
+    switch, so GPU work is charged to the phase that queued it."""
+
+    def __init__(self, sync=None) -> None:
+        self.sync = sync
+        self.totals: dict[str, float] = {}
+        self.stack: list[str] = []
+        self.mark = time.perf_counter()
+
+    def _switch(self) -> None:
+        if self.sync is not None:
+            self.sync()
+        now = time.perf_counter()
+        if self.stack:
+            self.totals[self.stack[-1]] = self.totals.get(self.stack[-1], 0.0) + now - self.mark
+        self.mark = now
+
+    def wrap(self, name: str, fn, inside: str | None = None):
+        """``fn`` with its calls timed as phase ``name`` (with ``inside``: only the calls made
+        while that phase runs; the others count for their caller's phase)."""
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            if inside is not None and (not self.stack or self.stack[-1] != inside):
+                return fn(*args, **kwargs)
+            self._switch()
+            self.stack.append(name)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._switch()
+                self.stack.pop()
+        return timed
+
+    def install(self, loop, per_batch: bool) -> None:
+        """Time the phases of ``recsys_onpolicy.loop`` (patched in this child process only):
+        ``simulate`` (the day's simulation, whatever the phases below leave of it), ``serve``
+        (the policy scoring and sampling each batch served in the simulated day, not in the
+        probes; only with ``per_batch``: on CUDA its synchronisation per batch would slow the
+        day down), ``train``, ``write_logs``, ``checkpoint``; the caller wraps the probes."""
+        loop.simulate_day = self.wrap("simulate", loop.simulate_day)
+        loop.train_on = self.wrap("train", loop.train_on)
+        loop.write_day = self.wrap("write_logs", loop.write_day)
+        loop.save_checkpoint = self.wrap("checkpoint", loop.save_checkpoint)
+        if per_batch:
+            serving_policy = loop.serving_policy
+            loop.serving_policy = functools.wraps(serving_policy)(
+                lambda *args, **kwargs: self.wrap("serve", serving_policy(*args, **kwargs),
+                                                  inside="simulate"))
+
+    def take(self) -> dict[str, float]:
+        """The totals since the last ``take`` (the running phase's share so far included)."""
+        self._switch()
+        out, self.totals = self.totals, {}
+        return out
+
+
+def phase_medians(phases: list[dict[str, float]], days: list[float]) -> dict[str, float]:
+    """Median over days of each phase's seconds, plus ``other`` (the day's wall time not in any
+    phase: metrics, Python between phases)."""
+    names = sorted({name for day in phases for name in day})
+    rows = [{**{n: day.get(n, 0.0) for n in names}, "other": total - sum(day.values())}
+            for day, total in zip(phases, days)]
+    return {n: round(statistics.median(r[n] for r in rows), 3) for n in [*names, "other"]}
 
 
 def rss_per_rank() -> list[float]:

@@ -223,7 +223,9 @@ class RuntimeConfig(StrictModel):
     max_batch: int = Field(1024, ge=1)
     """Most sequences generated or evaluated in one forward pass (larger sets are chunked); lower
     it for a large Hugging Face model. Training batches (batch_prompts x group_size) are not
-    chunked."""
+    chunked. Chunks draw their samples one after another from the same generator, so another
+    ``max_batch`` gives other (equally distributed) samples: keep it equal across runs whose
+    numbers you compare."""
     cache_dir: str | None = None
     """Folder of cached base checkpoints; None: $RECSYS_ONPOLICY_CACHE/llm_reference or
     ~/.cache/recsys-onpolicy/llm_reference."""

@@ -90,6 +90,11 @@ def test_scale_prints_a_line_per_size_and_the_fitted_exponent(scale, capsys):
         assert "error" not in r, r
         assert r["day_s"] > 0 and r["peak_rss_gib"] > 0 and r["requests_per_day"] > 0
         assert r["gomp_spincount"] and r["omp_wait_policy"]
+        # one day: its phases add up to it (no logs were asked for: no write_logs phase)
+        assert set(r["phase_s"]) == {"serve", "simulate", "train", "probe", "checkpoint",
+                                     "other"}
+        assert sum(r["phase_s"].values()) == pytest.approx(r["day_s"], abs=0.01)
+        assert min(r["phase_s"][k] for k in ("serve", "simulate", "train")) > 0
     fit = next(r for r in lines if r.get("case") == "scaling_fit")
     assert any("exponent" in k for k in fit) and fit["users"] == [1000, 2000]
     gpu = next(r for r in lines if r.get("case") == "gpu")
@@ -104,3 +109,29 @@ def test_train_bench_prints_both_regimes(capsys):
     for r in lines:
         speed = r.get("impressions_per_s") or r.get("requests_per_s")
         assert speed and speed > 0 and r["device"] == "cpu"
+
+
+def test_phase_clock_counts_each_second_once_for_the_innermost_phase(scale, monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(scale.time, "perf_counter", lambda: now[0])
+    clock = scale.PhaseClock()
+
+    def wait(seconds):
+        now[0] += seconds
+
+    serve = clock.wrap("serve", wait, inside="simulate")
+
+    def day():
+        wait(1.0)
+        serve(2.0)  # inside simulate: its own phase
+        wait(3.0)
+
+    clock.wrap("simulate", day)()
+    wait(0.5)  # between phases: in no phase
+    clock.wrap("probe", serve)(4.0)  # serve outside simulate: counts for the probe
+    assert clock.take() == {"simulate": 4.0, "serve": 2.0, "probe": 4.0}
+    assert clock.take() == {}
+    # the day's wall time not in any phase is "other"; medians over days per phase
+    days = [{"serve": 2.0, "train": 5.0}, {"serve": 4.0}, {"serve": 3.0, "train": 1.0}]
+    out = scale.phase_medians(days, [8.0, 5.0, 4.0])
+    assert out == {"serve": 3.0, "train": 1.0, "other": 1.0}  # other: 8-7, 5-4, 4-4
