@@ -179,8 +179,8 @@ def measure(spec: dict) -> dict | None:
 
 class PhaseClock:
     """Wall seconds per phase of the daily loop, each second counted once: time spent inside a
-    nested phase (serving inside the simulated day, streaming training inside serving) counts
-    for the innermost one only. ``sync`` (CUDA: ``torch.cuda.synchronize``) runs at every
+    nested phase (serving, or training with the streaming cadence, inside the simulated day)
+    counts for the innermost one only. ``sync`` (CUDA: ``torch.cuda.synchronize``) runs at every
     switch, so GPU work is charged to the phase that queued it."""
 
     def __init__(self, sync=None) -> None:
