@@ -88,7 +88,9 @@ def make_probe_set(world: World, users_per_cohort: int, gen: torch.Generator) ->
     request each with C candidates from the world's retrieval mix (a retrieval index built from
     ``gen``, so the world's own cache and generators are untouched); a uniform-random slate of K
     distinct candidates (:func:`simulators.policies.uniform_random_policy`). ``gen`` must live
-    on the world's device and be the probes' own stream.
+    on the world's device and be the probes' own stream. Users who have left (``active`` False)
+    can be drawn too: their ground truth is still defined, and the probe measures the model's
+    ranking of a cohort's tastes, not the cohort's traffic.
     """
     check_generator(gen, world.device)
     if users_per_cohort < 1:
