@@ -119,7 +119,6 @@ def measure(spec: dict) -> dict | None:
     cfg = run_config(spec)
     stamps: list[float] = []
     cpu_stamps: list[float] = []  # process CPU time (all threads), robust to a shared machine
-    probe_s: list[float] = []
     requests: list[int] = []
     phases: list[dict[str, float]] = []  # per day: wall seconds of each phase
     probe = loop.expected_clicks_probe
@@ -133,13 +132,9 @@ def measure(spec: dict) -> dict | None:
     probe = clock.wrap("probe", probe)
 
     def timed_probe(step: int, state) -> list[dict]:
-        begin = time.perf_counter()
-        rows = probe(step, state)
-        if cuda:
-            torch.cuda.synchronize()
+        rows = probe(step, state)  # the clock has synchronised CUDA on leaving the probe
         stamps.append(time.perf_counter())
         cpu_stamps.append(time.process_time())
-        probe_s.append(stamps[-1] - begin)
         phases.append(clock.take())
         if step > 0:
             requests.append(len(state.log))
@@ -159,14 +154,15 @@ def measure(spec: dict) -> dict | None:
     days = [b - a for a, b in itertools.pairwise(stamps)]  # (days,) incl. probe, checkpoint
     day_cpu = [b - a for a, b in itertools.pairwise(cpu_stamps)]
     day_wall = sum(days)
+    phase_s = phase_medians(phases[1:], days)
     k = cfg.world.slate_size
     return {
         "wall_s": round(wall, 2), "warmup_s": round(stamps[0] - start, 2),
         "day_s": round(statistics.median(days), 3), "day_s_all": [round(d, 3) for d in days],
         "cpu_s": round(cpu, 2), "warmup_cpu_s": round(cpu_stamps[0] - cpu_start, 2),
         "day_cpu_s": round(statistics.median(day_cpu), 3),
-        "probe_s": round(statistics.median(probe_s[1:]), 3),
-        "phase_s": phase_medians(phases[1:], days),
+        "probe_s": phase_s["probe"],
+        "phase_s": phase_s,
         "requests_per_day": round(statistics.mean(requests)),
         "requests_per_s": round(sum(requests) / day_wall, 1),
         "impressions_per_s": round(k * sum(requests) / day_wall, 1),
