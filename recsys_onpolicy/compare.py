@@ -156,7 +156,7 @@ def progress_curves(frame: pl.DataFrame, metric: str = "probe/drop") -> Figure:
         ax.set(title=f"{d}: {metric}", xlabel="training progress (step / last step of the run)",
                ylabel=metric.split("/")[-1] + (" (clicks/slate)" if d == "recsys" else ""))
         plots.legend(ax)
-    plots.suptitle(fig, "Forgetting over normalised training progress (mean over seeds, 95% band)")
+    plots.suptitle(fig, f"{metric} over normalised training progress (mean over seeds, 95% band)")
     return fig
 
 
@@ -178,7 +178,7 @@ def comparison_html(frame: pl.DataFrame, title: str) -> str:
                        plots.kl_drop_scatter, _missing(frame, "probe/kl_to_base", "probe/drop"),
                        "One point per run or sweep trial (last step); Pearson r and R^2 in each "
                        "panel title."),
-        figure_section("progress", "Forgetting over normalised training progress", runs,
+        figure_section("progress", "Drop over normalised training progress", runs,
                        progress_curves, _missing(runs, "probe/drop"),
                        "Drop against step / last step of each run, so both domains share x."),
     ]

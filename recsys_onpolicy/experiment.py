@@ -3,7 +3,8 @@
 The YAML files under ``configs/`` are experiments. A recsys experiment expands into runs of the
 daily loop (:func:`recsys_onpolicy.loop.run`), one per (variant, regime, seed), plus for a
 cohort-removal experiment one paired *control* run each: the same config and seed without the
-removal (same pi_0, same world streams), so forgetting can be separated from drift. Runs go to
+removal (same pi_0, same world streams; ``removal.control``: the probes still split the users into
+the removal run's ``train`` and ``heldout`` cohorts), so forgetting can be separated from drift. Runs go to
 ``RUN_DIR/runs/<variant>/<regime>/seed=<s>[-control]`` and execute in parallel processes
 (``jobs``, default: one per core, at most 2 on the 2-core machine); the overall progress bar
 counts simulated days over all runs. Their metrics are concatenated into
@@ -33,7 +34,7 @@ from recsys_onpolicy.overrides import apply_overrides
 from recsys_onpolicy.probes.config import ProbeConfig
 from recsys_onpolicy.probes.forgetting import forgetting_rows
 from recsys_onpolicy.regimes.config import resolve_regime
-from recsys_onpolicy.results import to_frame
+from recsys_onpolicy.results import CONTROL_SUFFIX, to_frame
 from recsys_onpolicy.run_config import RecsysRunConfig
 from recsys_onpolicy.sweep import SweepConfig
 from simulators.config import require_device
@@ -112,7 +113,7 @@ class RunTask:
 
     @property
     def experiment_suffix(self) -> str:
-        return "/control" if self.control else ""
+        return CONTROL_SUFFIX if self.control else ""
 
 
 def expand(exp: RecsysExperiment, run_dir: Path) -> list[RunTask]:
@@ -128,11 +129,18 @@ def expand(exp: RecsysExperiment, run_dir: Path) -> list[RunTask]:
                 label = regime_label(spec) + ("" if not exp.variants else f"@{vname}")
                 data = dict(vdata, seed=seed, regime=_strip_name(spec))
                 cfg = validate(RecsysRunConfig, data, source=f"variant {vname}, regime {label}: ")
+                if cfg.removal.control:
+                    raise ConfigError(
+                        f"variant {vname}, regime {label}: run.removal.control = true: the "
+                        "experiment marks its own paired controls; remove the key (the "
+                        "experiment's `control: true` adds a control run per removal run)")
                 where = run_dir / "runs" / vname / regime_label(spec)
                 tasks.append(RunTask(label, seed, False, data, str(where / f"seed={seed}"),
                                      vname))
                 if exp.control and cfg.removal.cohorts:
-                    ctrl = dict(data, removal={"cohort": None, "from_day": 0})
+                    # the same cohorts held out by the probes, but still trained on
+                    ctrl = dict(data, removal=cfg.removal.model_dump(mode="json") | {
+                        "control": True})
                     tasks.append(RunTask(label, seed, True, ctrl,
                                          str(where / f"seed={seed}-control"), vname))
     return tasks

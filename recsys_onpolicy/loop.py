@@ -129,7 +129,8 @@ class RunState:
 
     def groups(self) -> dict[str, list[int]]:
         """Cohorts of the probe groups: ``train`` (never removed) and ``heldout`` (removed from
-        ``removal.from_day`` on; absent without removal)."""
+        ``removal.from_day`` on; absent without removal). A paired control (``removal.control``)
+        has the same groups as its removal run, though it trains on every cohort."""
         removed = self.config.removal.cohorts
         out = {"train": [c for c in range(self.world.n_cohorts) if c not in removed]}
         if removed:
@@ -321,8 +322,8 @@ def run_day(state: RunState, out: Path) -> None:
     """Serve, simulate, log and train one day (in place); ``state.day`` advances by one."""
     cfg, day = state.config, state.day
     removed = None
-    if cfg.removal.cohorts and day >= cfg.removal.from_day:
-        removed = torch.tensor(cfg.removal.cohorts, device=state.world.device)
+    if cohorts := cfg.removal.removed_on(day):
+        removed = torch.tensor(cohorts, device=state.world.device)
     ctx = train_context(state)
     shard = user_shard()  # None in one process
     serve_gen = state.gens["serve"] if shard is None else shard.fork(state.gens["serve"])

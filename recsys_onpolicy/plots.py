@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from recsys_onpolicy.metrics import mean_ci95, pearson_r2
+from recsys_onpolicy.results import CONTROL_SUFFIX
 from recsys_onpolicy.tables import (
     POPULATION,
     RUN_KEYS,
@@ -235,12 +236,15 @@ def draw_oracle(ax: Axes, band: pl.DataFrame, styles: dict[str, Style]) -> None:
 
 
 def kl_drop_points(frame: pl.DataFrame) -> pl.DataFrame:
-    """One point per run: last KL to base (train cohorts / LLM prompts) and last drop, labelled."""
-    kl = last_per_run(frame, "probe/kl_to_base", TRAIN_OR_POPULATION).select(
+    """One point per run: last KL to base (train cohorts / LLM prompts) and last drop, labelled.
+    Paired control runs are left out: they still train on the held-out cohorts, so their drop
+    is not forgetting."""
+    labels = with_labels(frame).select(RUN_KEYS + ["label"]).unique()  # the whole frame's
+    runs = frame.filter(~pl.col("experiment").str.ends_with(CONTROL_SUFFIX))
+    kl = last_per_run(runs, "probe/kl_to_base", TRAIN_OR_POPULATION).select(
         RUN_KEYS + [pl.col("value").alias("kl")])
-    drop = last_per_run(frame, "probe/drop", POPULATION).select(
+    drop = last_per_run(runs, "probe/drop", POPULATION).select(
         RUN_KEYS + [pl.col("value").alias("drop")])
-    labels = with_labels(frame).select(RUN_KEYS + ["label"]).unique()
     return kl.join(drop, on=RUN_KEYS).join(labels, on=RUN_KEYS).sort(RUN_KEYS)
 
 

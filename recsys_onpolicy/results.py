@@ -20,6 +20,10 @@ import polars as pl
 from simulators.logs import write_parquet_atomic
 from simulators.typed_config import ConfigError
 
+CONTROL_SUFFIX = "/control"
+"""Suffix of the ``experiment`` of a paired control run (``cohort_removal/control``): a run kept
+as the baseline of a removal run, not a setting of its own."""
+
 SCHEMA: dict[str, pl.DataType] = {
     "domain": pl.Utf8,
     "experiment": pl.Utf8,

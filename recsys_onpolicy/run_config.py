@@ -23,13 +23,23 @@ class RemovalConfig(StrictModel):
     from_day: int = Field(default=0, ge=0)
     """First day (0-based) whose training data no longer contains the cohort; the model after
     ``from_day`` days of training (metric step ``from_day``) is the last one that saw it."""
+    control: bool = False
+    """True = the paired control of this removal: nothing leaves the training stream, but the
+    probes still report ``cohort`` as the ``heldout`` group and the other cohorts as ``train``,
+    so that the control's Gain, Drop and KL cover the same users as the removal run's. An
+    experiment sets it on its own paired controls (``control: true`` there)."""
 
     @property
     def cohorts(self) -> list[int]:
-        """The removed cohorts as a list (empty without removal)."""
+        """The removed cohorts as a list (empty without removal); in a control run, the cohorts
+        the probes hold out (still trained on)."""
         if self.cohort is None:
             return []
         return [self.cohort] if isinstance(self.cohort, int) else list(self.cohort)
+
+    def removed_on(self, day: int) -> list[int]:
+        """The cohorts left out of day ``day``'s training data (none in a control run)."""
+        return [] if self.control or day < self.from_day else self.cohorts
 
 
 class WarmupConfig(StrictModel):

@@ -2,9 +2,10 @@
 
 Everything here reads only the long schema of ``recsys_onpolicy.results`` (``domain, experiment,
 regime, seed, step, metric, value, group``) and the metric names of ``docs/interfaces.md``.
-A *run* is one (domain, experiment, regime, seed). Per run, a metric's value is the one at the
-run's last step for that metric (averaged over the selected groups at that step, e.g. several
-removed cohorts); the table then gives the mean and 95% Student-t interval over seeds.
+A *run* is one (domain, experiment, regime, seed). In the table, a metric's value for a run is
+the one at the run's final step (averaged over the selected groups at that step, e.g. several
+removed cohorts; NaN when the run has none there, e.g. an AUC left out as undefined); the table
+then gives the mean and 95% Student-t interval over seeds.
 
 Sweep trials (runs with a ``sweep/lr`` row, seed = trial number) are not seeds of one setting:
 :func:`split_sweeps` separates them, and the table and the curves use only the other runs.
@@ -30,11 +31,13 @@ TRAIN_OR_POPULATION = pl.col("group").is_null() | (pl.col("group") == "train")
 TABLE_METRICS: dict[str, tuple[str, pl.Expr | None, bool]] = {
     "gain": ("target/gain", POPULATION, True),
     "drop": ("probe/drop", POPULATION, True),
+    "drop_vs_control": ("probe/drop_vs_control", POPULATION, False),
     "forgetting": ("probe/forgetting", ANY_GROUP, False),
     "forgetting_vs_control": ("probe/forgetting_vs_control", ANY_GROUP, False),
     "kl_to_base": ("probe/kl_to_base", TRAIN_OR_POPULATION, False),
 }
-HEADERS = {"gain": "gain", "drop": "drop", "forgetting": "forgetting",
+HEADERS = {"gain": "gain", "drop": "drop", "drop_vs_control": "drop vs control",
+           "forgetting": "forgetting",
            "forgetting_vs_control": "forgetting vs control", "kl_to_base": "KL to base"}
 
 
@@ -92,8 +95,9 @@ def gain_drop_table(frame: pl.DataFrame) -> pl.DataFrame:
     """Per (domain, experiment, regime): n seeds and mean / 95% t-interval of each last-step metric.
 
     Columns: domain, experiment, regime, n_seeds, then ``<p>_mean, <p>_low, <p>_high`` for each
-    prefix of :func:`table_columns` (gain, drop, and forgetting, forgetting_vs_control, kl_to_base
-    when present). A single seed gives a NaN interval; a metric absent for a setting gives nulls.
+    prefix of :func:`table_columns` (gain, drop, and drop_vs_control, forgetting,
+    forgetting_vs_control, kl_to_base when present). A single seed gives a NaN interval; a
+    metric absent for a setting gives nulls.
     Sweep trials are left out (see :func:`split_sweeps`).
     """
     runs, _ = split_sweeps(require_rows(frame))
@@ -112,15 +116,24 @@ def gain_drop_table(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _values_by_setting(frame: pl.DataFrame, metric: str, groups) -> dict[tuple, list[float]]:
-    """(domain, experiment, regime) -> last-step values of its seeds."""
-    last = last_per_run(frame, metric, groups).group_by(SETTING_KEYS).agg(pl.col("value"))
-    return {tuple(r[k] for k in SETTING_KEYS): list(r["value"]) for r in last.iter_rows(named=True)}
+    """(domain, experiment, regime) -> the metric's value of each of its seeds at the run's
+    final step (its last step with any row; runs may stop at different steps); a seed without
+    a value there gives NaN, never an earlier step's value. Settings without the metric are
+    left out."""
+    curve = per_seed_curve(frame, metric, groups)
+    final = frame.group_by(RUN_KEYS).agg(pl.col("step").max())
+    at_last = (final.join(curve.select(SETTING_KEYS).unique(), on=SETTING_KEYS)
+               .join(curve, on=RUN_KEYS + ["step"], how="left")
+               .group_by(SETTING_KEYS).agg(pl.col("value").fill_null(math.nan)))
+    return {tuple(r[k] for k in SETTING_KEYS): list(r["value"])
+            for r in at_last.iter_rows(named=True)}
 
 
 def format_ci(mean: float | None, low: float | None, high: float | None) -> str:
     """``mean [low, high]`` with 4 significant digits; ``-`` when absent, ``[n/a]`` for one seed.
 
-    A NaN mean (some seed's value was NaN, e.g. an AUC on a single-class probe) prints ``nan``.
+    A NaN mean (some seed has no value at the last step, e.g. an AUC on a single-class probe
+    is not written) prints ``nan``.
     """
     if mean is None:
         return "-"

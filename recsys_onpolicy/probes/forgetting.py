@@ -9,6 +9,12 @@ any removal).
 
 Both read ``probe/auc`` rows of group ``c<k>`` and are defined for t >= D; a run without an AUC
 row at step D gets no rows (nothing to compare to).
+
+With a control, Drop is adjusted the same way: ``probe/drop_vs_control`` = the run's ``probe/drop``
+minus its control's at the same step (the control's probes hold out the same cohorts:
+``removal.control``), i.e. the fall of the removed cohorts' expected clicks that the removal
+caused, net of what happens to them anyway. Like Drop it is measured from day 0, so it is 0 up to
+step D (the two runs are the same until then).
 """
 from __future__ import annotations
 
@@ -56,22 +62,32 @@ def forgetting_rows(
         pair_on: columns that pair a run with its control (its experiment name may differ);
             each run row must match at most one control run.
     Returns:
-        forgetting rows (every run step >= D) then the control-adjusted rows (steps and groups
-        that both sides have), sorted; empty when nothing matches.
+        forgetting rows (every run step >= D), then with a control the control-adjusted rows
+        (``probe/forgetting_vs_control``: steps and groups that both sides have;
+        ``probe/drop_vs_control``: steps where both have a ``probe/drop``), sorted; empty when
+        nothing matches.
     """
     groups = [cohort_group(k) for k in cohorts]
-    own = _forgetting(check_schema(run), removal_day, groups)
+    run, own = check_schema(run), _forgetting(check_schema(run), removal_day, groups)
     parts = [own.with_columns(metric=pl.lit("probe/forgetting"))]
     if control is not None:
-        pair = list(pair_on) + ["group", "step"]
-        ctrl = _forgetting(check_schema(control), removal_day, groups)
-        ctrl = ctrl.select(pair + [pl.col("value").alias("control")])
-        if ctrl.select(pair).is_duplicated().any():
-            raise ValueError(f"control frame has several runs per {list(pair_on)}: pass one "
-                             "control run per paired key, or add columns to pair_on")
-        adj = own.join(ctrl, on=pair, how="inner").with_columns(
-            value=pl.col("value") - pl.col("control"),
-            metric=pl.lit("probe/forgetting_vs_control"))
-        parts.append(adj.drop("control"))
+        control = check_schema(control)
+        ctrl = _forgetting(control, removal_day, groups)
+        parts.append(_minus_control(own, ctrl, list(pair_on) + ["group", "step"],
+                                    "probe/forgetting_vs_control"))
+        drops = [f.filter((pl.col("metric") == "probe/drop") & pl.col("group").is_null())
+                 for f in (run, control)]
+        parts.append(_minus_control(*drops, list(pair_on) + ["step"], "probe/drop_vs_control"))
     out = pl.concat([p.select(list(SCHEMA)) for p in parts]).cast(SCHEMA)
     return out.sort(["metric"] + RUN_KEYS + ["group", "step"]) if out.height else to_frame([])
+
+
+def _minus_control(own: pl.DataFrame, control: pl.DataFrame, pair: list[str],
+                   metric: str) -> pl.DataFrame:
+    """``own`` rows with value = own value - the paired control's (inner join on ``pair``)."""
+    ctrl = control.select(pair + [pl.col("value").alias("control")])
+    if ctrl.select(pair).is_duplicated().any():
+        raise ValueError(f"control frame has several runs per {pair}: pass one control run per "
+                         "paired key, or add columns to pair_on")
+    return own.join(ctrl, on=pair, how="inner").with_columns(
+        value=pl.col("value") - pl.col("control"), metric=pl.lit(metric)).drop("control")

@@ -16,6 +16,7 @@ from recsys_onpolicy.experiment import (
     with_forgetting,
 )
 from recsys_onpolicy.results import SCHEMA, metric_rows, to_frame
+from recsys_onpolicy.run_config import RecsysRunConfig
 from simulators.typed_config import ConfigError, validate
 
 # 2 cohorts of 60 users, C = 20, K = 5, a D = 8 model; cohort 1 leaves the stream after day 1.
@@ -65,8 +66,13 @@ def test_expand_regimes_seeds_variants_and_controls(tmp_path):
         variant = t.label.split("@")[1]
         assert t.config["model"]["head_width"] == (8 if variant == "small" else 16)
         assert t.config["model"]["user_rows"] == (10 if variant == "hashed" else None)
-        # the control is the same run without the removal; the name stays in the label only
-        assert t.config["removal"]["cohort"] == (None if t.control else 1)
+        # the control is the same run without the removal (the probes still hold the cohort
+        # out, so both runs' groups cover the same users); the name stays in the label only
+        assert t.config["removal"]["cohort"] == 1
+        assert t.config["removal"].get("control", False) == t.control
+        cfg = RecsysRunConfig.model_validate(t.config)
+        assert cfg.removal.removed_on(0) == [] and cfg.removal.removed_on(1) == (
+            [] if t.control else [1])
         assert t.experiment_suffix == ("/control" if t.control else "")
         assert "name" not in t.config["regime"]
     grpo = next(t for t in tasks if t.label.startswith("grpo"))
@@ -201,7 +207,36 @@ def test_forgetting_rows_for_the_removed_cohort(serial):
     assert (vs.filter(pl.col("step") == 1)["value"] == 0).all()
     controls = frame.filter(pl.col("experiment") == "exp/control")
     assert set(controls["regime"]) == {"supervised_daily", "grpo"}
-    assert "heldout" not in set(controls["group"].drop_nulls())
+    assert controls.filter(pl.col("metric").str.contains("forgetting")).height == 0
+
+
+def test_controls_probe_the_removal_runs_groups(serial):
+    """A control holds the removed cohort out of its probe groups too (not of its training), so
+    up to day D its Gain/Drop/KL rows are the removal run's exactly, and Drop vs control is the
+    run's Drop minus the control's at every step (0 up to D)."""
+    _, frame = serial
+    keys = ["regime", "seed", "step", "metric", "group"]
+    grouped = ("target/expected_clicks", "target/gain", "probe/drop", "probe/kl_to_base")
+    part = frame.filter(pl.col("metric").is_in(grouped))
+    run = part.filter(pl.col("experiment") == "exp").sort(keys)
+    ctrl = part.filter(pl.col("experiment") == "exp/control").sort(keys)
+    assert set(ctrl.filter(pl.col("metric") == "target/expected_clicks")["group"]) == {
+        "train", "heldout"}
+    early = [f.filter(pl.col("step") <= 1).drop("experiment") for f in (run, ctrl)]
+    assert_frame_equal(*early)  # the same model and world until day D = 1
+    later = [f.filter(pl.col("step") == 2)["value"] for f in (run, ctrl)]
+    assert (later[0] != later[1]).any()  # from day D on the control still trains on cohort 1
+    drops = part.filter(pl.col("metric") == "probe/drop")
+    drop = {e: {(r["regime"], r["step"]): r["value"] for r in drops.filter(
+        pl.col("experiment") == e).iter_rows(named=True)} for e in ("exp", "exp/control")}
+    vs = frame.filter(pl.col("metric") == "probe/drop_vs_control")
+    assert set(vs["experiment"]) == {"exp"} and vs["group"].is_null().all()
+    assert vs.height == len(drop["exp"]) == 6  # 2 regimes x steps 0, 1, 2
+    for r in vs.iter_rows(named=True):
+        key = (r["regime"], r["step"])
+        assert r["value"] == pytest.approx(drop["exp"][key] - drop["exp/control"][key], abs=1e-12)
+        if r["step"] <= 1:
+            assert r["value"] == 0
 
 
 def test_two_jobs_give_the_same_metrics(serial, tmp_path):

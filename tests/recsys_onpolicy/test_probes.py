@@ -34,7 +34,9 @@ from recsys_onpolicy.probes import (
     soft_label_auc,
     user_rows,
 )
+from recsys_onpolicy.probes.daily import measure_auc
 from recsys_onpolicy.probes.feedback import served_and_oracle_clicks
+from recsys_onpolicy.probes.probe_set import score_probes
 from recsys_onpolicy.results import metric_rows, to_frame
 from recsys_onpolicy.slate_policy import slate_log_prob
 from simulators import ground_truth
@@ -246,6 +248,25 @@ def test_measure_target_groups_and_common_random_numbers():
     assert a[0][2] == pytest.approx(float(per_request[:20].mean()))
 
 
+def test_a_groups_expected_clicks_weight_cohorts_by_their_probe_users():
+    """Three probe users of cohort 0 and one of cohort 1: the group of both is the mean over
+    the four requests, not the mean of the two cohort means."""
+    world = tiny_world()
+    full = make_probe_set(world, 5, make_generator(4))
+    rows = torch.tensor([0, 1, 2, 5])  # cohort 0 x 3, cohort 1 x 1
+    probe = ProbeSet(users=full.users[rows], cohort=full.cohort[rows],
+                     candidates=full.candidates[rows], slates=full.slates[rows],
+                     label_seed=full.label_seed, sample_seed=full.sample_seed)
+    assert probe.cohort.tolist() == [0, 0, 0, 1]
+    scores = torch.randn(4, world.cfg.candidates.n_candidates, generator=make_generator(0))
+    got = {g: v for _, g, v in measure_target(world, probe, scores, {"both": [0, 1]}, 1.0, 3)}
+    per_request = served_expected_clicks(world, probe.users, probe.candidates, scores, 1.0, 3,
+                                         make_generator(probe.sample_seed))
+    assert got["both"] == pytest.approx(float(per_request.double().mean()), abs=1e-12)
+    assert got["both"] != pytest.approx(
+        0.5 * float(per_request[:3].double().mean() + per_request[3]), abs=1e-6)
+
+
 # ---------------------------------------------------------------- KL to base
 
 
@@ -295,6 +316,24 @@ def test_measure_kl_groups_average_their_requests():
     assert out["probe/kl_to_base", "heldout"] == pytest.approx(0.5 * math.log(4 / 3))
     assert set(out) == {(m, g) for m in ("probe/kl_to_base", "probe/kl_to_base_slate")
                         for g in ("train", "heldout")}
+
+
+def test_measure_kl_slate_term_is_kl_of_pi0_to_pit_with_fixed_draws():
+    """The slate KL is KL(pi_0 || pi_t), sampled from pi_0 with the probe set's own draws
+    (the same every call), not KL(pi_t || pi_0)."""
+    probe = ProbeSet(users=torch.arange(4), cohort=torch.tensor([0, 0, 1, 1]),
+                     candidates=torch.zeros(4, 5, dtype=torch.long),
+                     slates=torch.zeros(4, 2, dtype=torch.long), label_seed=0, sample_seed=11)
+    s0 = torch.randn(4, 5, generator=make_generator(1))
+    st = 2.5 * torch.randn(4, 5, generator=make_generator(2))
+    groups = {"train": [0], "heldout": [1]}
+    got = {(m, g): v for m, g, v in measure_kl(probe, s0, st, groups, 2, 1.0, 64)}
+    assert got == {(m, g): v for m, g, v in measure_kl(probe, s0, st, groups, 2, 1.0, 64)}
+    forward = slate_kl(s0, st, 2, 64, make_generator(probe.sample_seed + 1), 1.0)  # (P,)
+    reverse = slate_kl(st, s0, 2, 64, make_generator(probe.sample_seed + 1), 1.0)
+    assert got["probe/kl_to_base_slate", "train"] == pytest.approx(float(forward[:2].mean()))
+    assert got["probe/kl_to_base_slate", "heldout"] == pytest.approx(float(forward[2:].mean()))
+    assert abs(float(forward[:2].mean() - reverse[:2].mean())) > 0.05  # the directions differ
 
 
 # ---------------------------------------------------------------- feedback loop
@@ -509,6 +548,38 @@ def test_daily_probes_names_groups_and_step0_identities():
                        make_probe_set(world, 20, _probe_gen(0)).users)
 
 
+def test_daily_probes_use_the_serving_temperature_and_noise_free_labels():
+    """Expected clicks and KL are those of the policy as served (its temperature), and the AUC
+    labels follow ProbeConfig.noise_free."""
+    world = tiny_world()
+    cfg = ModelConfig(embedding_dim=4, head_width=8, device="cpu")
+    ids = (world.n_users, world.n_items, world.n_topics)
+    ref = build_scorer(cfg, *ids, torch.Generator().manual_seed(0))
+    pol = build_scorer(cfg, *ids, torch.Generator().manual_seed(1))
+    with torch.no_grad():  # spread the scores: at init they are nearly equal
+        for t in ("user", "item", "topic"):
+            pol.ebc.embedding_bags[t].weight.mul_(40.0)
+    for temperature, noise_free in ((2.0, True), (1.0, False)):
+        state = FakeState(config=type("C", (), {"seed": 0, "serving_temperature": temperature})(),
+                          world=world, policy=pol, reference=ref)
+        pcfg = ProbeConfig(users_per_cohort=20, slate_samples=2, noise_free=noise_free)
+        got = {(m, g): v for m, g, v in DailyProbes(pcfg).measure(0, state)}
+        probe = ProbeSet.from_state(state.probe_state["probe_set"], world.device)
+        with torch.no_grad():
+            st, s0 = (score_probes(m, probe, world, 64) for m in (pol, ref))
+        groups = state.groups()
+        want = {(m, g): v for m, g, v in
+                measure_target(world, probe, st, groups, temperature, 2)
+                + measure_kl(probe, s0, st, groups, world.cfg.slate_size, temperature, 2)
+                + measure_auc(world, probe, st, noise_free)}
+        assert {k: got[k] for k in want} == pytest.approx(want, abs=1e-12)
+        other = {(m, g): v for m, g, v in
+                 measure_target(world, probe, st, groups, 3.0 - temperature, 2)
+                 + measure_auc(world, probe, st, not noise_free)}
+        for key in (("target/expected_clicks", "train"), ("probe/auc", "c0")):
+            assert other[key] != pytest.approx(got[key], abs=1e-9), key
+
+
 def _probe_gen(seed: int) -> torch.Generator:
     from recsys_onpolicy.run_state import stream_generator
     return stream_generator(seed, "probe_set", "cpu")
@@ -548,6 +619,13 @@ def test_daily_probes_in_the_daily_loop(tmp_path):
         assert abs(value("probe/kl_to_base", 0, g)) < 1e-6
     assert value("drift/share_unchanged", 0) == 1.0
     assert value("target/gain", 0) == 0.0 and value("probe/drop", 0) == 0.0
+    for step in (1, 2, 3):  # against day 0, not the day before
+        assert value("target/gain", step) == pytest.approx(
+            value("target/expected_clicks", step, "train")
+            - value("target/expected_clicks", 0, "train"), abs=1e-12)
+        assert value("probe/drop", step) == pytest.approx(
+            value("target/expected_clicks", 0, "heldout")
+            - value("target/expected_clicks", step, "heldout"), abs=1e-12)
     # supervised_daily never touches the removed cohort's user rows after it left (day 1 on)
     assert value("drift/rows_touched", 3, "c1") == value("drift/rows_touched", 1, "c1") > 0
     assert value("drift/rows_touched", 3, "c0") >= value("drift/rows_touched", 1, "c0")

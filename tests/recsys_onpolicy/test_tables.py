@@ -91,6 +91,25 @@ def test_each_run_uses_its_own_last_step():
     assert last["step"].to_list() == [3, 7] and last["value"].to_list() == [1.0, 3.0]
 
 
+def test_a_value_missing_at_a_runs_final_step_is_nan_not_an_earlier_days():
+    """Seed 1 has no forgetting on its final day (e.g. an undefined AUC): the cell must not
+    quietly use its day-3 value; a run that stops early uses its own final step."""
+    out = []
+    for seed in (0, 1):
+        out += rows(seed=seed, step=3, group="c1", probe__forgetting=0.1, target__gain=1.0)
+        out += rows(seed=seed, step=4, target__gain=2.0)
+    out += rows(seed=0, step=4, group="c1", probe__forgetting=0.3)
+    out += rows(regime="toy", seed=0, step=5, target__gain=1.0)  # stops at step 5
+    out += rows(regime="toy", seed=1, step=5, target__gain=-1.0)
+    out += rows(regime="toy", seed=1, step=9, target__gain=3.0)  # stops at step 9
+    table = {r["regime"]: r for r in gain_drop_table(to_frame(out)).iter_rows(named=True)}
+    assert table["grpo"]["gain_mean"] == pytest.approx(2.0)
+    assert math.isnan(table["grpo"]["forgetting_mean"]) and table["grpo"]["n_seeds"] == 2
+    assert "nan" in format_table(gain_drop_table(to_frame(out)))
+    assert table["toy"]["gain_mean"] == pytest.approx(2.0)  # 1 at step 5, 3 at step 9
+    assert table["toy"]["forgetting_mean"] is None  # absent from the setting: "-"
+
+
 def test_sweep_trials_are_not_counted_as_seeds():
     trial = rows(regime="grpo", seed=5, step=2, sweep__lr=0.01, target__gain=50.0, probe__drop=9.0)
     frame = pl.concat([three_seed_frame(), to_frame(trial)])
