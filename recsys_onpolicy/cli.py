@@ -101,15 +101,23 @@ def cmd_run(args) -> int:
 
 
 def _finish(frame, out: Path, title: str) -> int:
-    import polars as pl
-
     from recsys_onpolicy.report import report_run_dir
     from recsys_onpolicy.results import write_metrics
-    from recsys_onpolicy.tables import SWEEP_METRIC, format_table, gain_drop_table, has_metric
 
     write_metrics(frame, out / "metrics.parquet")
     report = report_run_dir(out)
-    if has_metric(frame, SWEEP_METRIC):  # one row per trial: its lr, gain and drop
+    print_summary(frame)
+    print(f"\nmetrics: {out / 'metrics.parquet'}\nreport:  {report}")
+    return 0
+
+
+def print_summary(frame) -> None:
+    """The Gain/Drop table, or for a sweep one row per trial (its lr, gain and drop)."""
+    import polars as pl
+
+    from recsys_onpolicy.tables import SWEEP_METRIC, format_table, gain_drop_table, has_metric
+
+    if has_metric(frame, SWEEP_METRIC):
         from recsys_onpolicy.plots import sweep_points
 
         trials = sweep_points(frame).select("regime", pl.col("seed").alias("trial"), "lr",
@@ -117,8 +125,6 @@ def _finish(frame, out: Path, title: str) -> int:
         print(trials.sort("regime", "lr"))
     else:
         print(format_table(gain_drop_table(frame)))
-    print(f"\nmetrics: {out / 'metrics.parquet'}\nreport:  {report}")
-    return 0
 
 
 def cmd_sweep(args) -> int:
@@ -137,19 +143,25 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from recsys_onpolicy.report import report_run_dir
     from recsys_onpolicy.results import read_metrics
-    from recsys_onpolicy.tables import format_table, gain_drop_table
+    from recsys_onpolicy.tables import require_rows
 
     metrics = args.run_dir / "metrics.parquet"
     if not metrics.is_file():
         raise ConfigError(f"{args.run_dir} holds no metrics.parquet: give a folder written by "
                           "'recsys-onpolicy run'")
-    print(format_table(gain_drop_table(read_metrics(metrics))))
-    print(f"\nreport: {report_run_dir(args.run_dir)}")
+    try:  # an empty or foreign metrics file: one line, and report.html is left as it was
+        frame = require_rows(read_metrics(metrics))
+    except ValueError as err:
+        raise ConfigError(f"{metrics}: {err}") from None
+    report = report_run_dir(args.run_dir)
+    print_summary(frame)
+    print(f"\nreport: {report}")
     return 0
 
 
 def cmd_compare(args) -> int:
     from recsys_onpolicy.compare import write_comparison
+    from recsys_onpolicy.report import page_kind
 
     for d in args.run_dirs:
         if not (d / "metrics.parquet").is_file():
@@ -160,6 +172,10 @@ def cmd_compare(args) -> int:
     if args.out.suffix.lower() not in (".html", ".htm"):
         raise ConfigError(f"--out {args.out}: the comparison is an HTML page; give a path ending "
                           "in .html (nothing else is overwritten)")
+    if args.out.is_file() and page_kind(args.out) != "comparison":
+        raise ConfigError(f"--out {args.out} exists and is not a comparison page (a run's "
+                          "report, or another file): give a new path; only an earlier "
+                          "comparison is replaced")
     try:
         path = write_comparison(args.run_dirs, args.out)
     except ValueError as err:  # e.g. the same run given twice: one line, not a traceback

@@ -2,7 +2,7 @@
 
 Three views, each reading only the long result schema:
 - Gain/Drop per regime, one column pair per (domain, experiment), side by side (table + bars);
-- KL(pi_0 || pi_t) vs drop per domain with Pearson r and R^2 (``plots.kl_drop_scatter``);
+- KL(pi_0 || pi_t) vs drop per experiment with Pearson r and R^2 (``plots.kl_drop_scatter``);
 - drop over *normalised* training progress (step / last step of each run), so 60 recsys days and
   200 LM updates share one x-axis; one panel per domain (their units differ).
 Curves, bars and points are coloured by regime, the same colour in every domain and
@@ -41,17 +41,53 @@ Source = str | Path | pl.DataFrame
 
 
 def load_source(source: Source, index: int) -> tuple[str, pl.DataFrame]:
-    """(name for messages, frame) of a run directory, a metrics file, or a frame."""
+    """(name for messages, frame) of a run directory, a metrics file, or a frame; a source
+    without any row is refused (it would silently add nothing)."""
     if isinstance(source, pl.DataFrame):
-        return f"frame #{index}", check_schema(source)
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: pass run directories made by "
-                                "`recsys-onpolicy run` (each holding metrics.parquet)")
-    file = path / "metrics.parquet" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} not found: {path} is not a finished run directory")
-    return str(path), read_metrics(file)
+        name, frame = f"frame #{index}", check_schema(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: pass run directories made by "
+                                    "`recsys-onpolicy run` (each holding metrics.parquet)")
+        file = path / "metrics.parquet" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} not found: {path} is not a finished run directory")
+        name, frame = str(path), read_metrics(file)
+    if frame.height == 0:
+        raise ValueError(f"{name} holds no metric rows: leave it out, or rerun it")
+    return name, frame
+
+
+def source_config(source: Source) -> dict | None:
+    """A run directory's ``config.yaml`` without its seeds (``seed``, ``seeds``): what must
+    agree for two directories' runs to be seeds of one setting; None for other sources."""
+    if isinstance(source, pl.DataFrame) or not (Path(source) / "config.yaml").is_file():
+        return None
+    from simulators.typed_config import read_yaml
+
+    data = read_yaml(Path(source) / "config.yaml")
+    return {k: v for k, v in data.items() if k not in ("seed", "seeds")}
+
+
+def check_poolable(named: list[tuple[str, pl.DataFrame]], configs: list[dict | None]) -> None:
+    """Two sources with the same (domain, experiment) are pooled as seeds of one setting: only
+    if both are run directories with the same config up to the seeds (else the table would
+    average different experiments, e.g. different numbers of days, as if they were seeds)."""
+    first: dict[tuple, tuple[str, dict | None]] = {}
+    for (name, frame), cfg in zip(named, configs):
+        for key in frame.select("domain", "experiment").unique().iter_rows():
+            if key not in first:
+                first[key] = (name, cfg)
+                continue
+            other, other_cfg = first[key]
+            if cfg is None or other_cfg is None or cfg != other_cfg:
+                why = ("their config.yaml differ beyond the seeds" if cfg and other_cfg else
+                       "there is no config.yaml to show they are the same experiment")
+                raise ValueError(
+                    f"experiment {key[1]!r} ({key[0]}) is in both {other} and {name}, and "
+                    f"{why}: their runs would be pooled as seeds of one setting. Rerun one with "
+                    "another name (--set experiment=NAME), or compare them separately")
 
 
 def check_disjoint(named: list[tuple[str, pl.DataFrame]]) -> None:
@@ -67,11 +103,15 @@ def check_disjoint(named: list[tuple[str, pl.DataFrame]]) -> None:
 
 
 def compare_runs(sources: Iterable[Source]) -> pl.DataFrame:
-    """Concatenate several runs (run directories, metrics files or frames) after checking schemas."""
+    """Concatenate several runs (run directories, metrics files or frames) after checking their
+    schemas, that no run is in two sources and that an experiment in two sources is the same
+    experiment (:func:`check_poolable`)."""
+    sources = list(sources)
     named = [load_source(s, i) for i, s in enumerate(sources)]
     if not named:
         raise ValueError("compare needs at least one run directory")
     check_disjoint(named)
+    check_poolable(named, [source_config(s) for s in sources])
     return require_rows(pl.concat([f for _, f in named], how="vertical"))
 
 
@@ -176,13 +216,13 @@ def comparison_html(frame: pl.DataFrame, title: str) -> str:
                        "Same regime, same colour in every domain. Units differ by domain."),
         figure_section("kl", "KL to the base policy vs drop, per domain", regime_labels(frame),
                        plots.kl_drop_scatter, _missing(frame, "probe/kl_to_base", "probe/drop"),
-                       "One point per run or sweep trial (last step); Pearson r and R^2 in each "
-                       "panel title."),
+                       "One point per run or sweep trial (last step), paired controls left out; "
+                       "one panel per experiment, with its Pearson r and R^2 in the title."),
         figure_section("progress", "Drop over normalised training progress", runs,
                        progress_curves, _missing(runs, "probe/drop"),
                        "Drop against step / last step of each run, so both domains share x."),
     ]
-    return page_html(title, parts)
+    return page_html(title, parts, kind="comparison")
 
 
 def _missing(frame: pl.DataFrame, *metrics: str) -> str | None:

@@ -224,11 +224,12 @@ def draw_oracle(ax: Axes, band: pl.DataFrame, styles: dict[str, Style]) -> None:
     shared = all(p["step"].equals(first["step"])
                  and np.allclose(p["mean"].to_numpy(), first["mean"].to_numpy(), rtol=0, atol=1e-9)
                  for p in curves.values())
+    # dotted (":"), never a line style of the labels' own curves (paired controls are dashed)
     if shared:
-        ax.plot(first["step"], first["mean"], "--", color="k", lw=1, label="oracle ceiling")
+        ax.plot(first["step"], first["mean"], ":", color="k", lw=1.3, label="oracle ceiling")
         return
     for label, part in sorted(curves.items()):
-        ax.plot(part["step"], part["mean"], "--", color=styles[label].color, lw=0.9,
+        ax.plot(part["step"], part["mean"], ":", color=styles[label].color, lw=1.3,
                 label=f"{label} oracle")
 
 
@@ -248,29 +249,36 @@ def kl_drop_points(frame: pl.DataFrame) -> pl.DataFrame:
     return kl.join(drop, on=RUN_KEYS).join(labels, on=RUN_KEYS).sort(RUN_KEYS)
 
 
-def fit_title(domain: str, x, y) -> str:
+def fit_title(where: str, x, y, left_out: int = 0) -> str:
     r, r2 = pearson_r2(x, y)
     stat = "r = n/a (needs >= 3 points with spread)" if math.isnan(r) else (
         f"Pearson r = {r:.3f}, R² = {r2:.3f}")
-    return f"{domain}: {stat}, n = {len(x)}"
+    extra = f" (+{left_out} non-finite, left out)" if left_out else ""
+    return f"{where}: {stat}, n = {len(x)}{extra}"
 
 
 def kl_drop_scatter(frame: pl.DataFrame) -> Figure:
-    """Final KL(pi_0 || pi_t) vs final drop, one point per run, one panel per domain, with a fit."""
+    """Final KL(pi_0 || pi_t) vs final drop, one point per run, with a fit per panel.
+
+    One panel per (domain, experiment): a fit across experiments (a toy and an LM, two worlds)
+    would measure the difference between them, not the forgetting law. Points with a
+    non-finite KL or drop are left out of the panel and counted in its title."""
     require(frame, "probe/kl_to_base", "probe/drop")
     points = kl_drop_points(frame)
     if points.height == 0:
         raise ValueError("no run has both probe/kl_to_base and probe/drop: nothing to plot")
     styles = styles_for(frame)  # the whole frame's, as in the other figures
-    domains = sorted(points["domain"].unique().to_list())
-    fig, axes = grid(len(domains), ncols=2)
-    for ax, d in zip(axes, domains):
-        part = points.filter(pl.col("domain") == d)
-        for (label,), p in part.group_by(["label"], maintain_order=True):
+    panels = points.select("domain", "experiment").unique().sort("domain", "experiment").rows()
+    fig, axes = grid(len(panels), ncols=2)
+    for ax, (d, e) in zip(axes, panels):
+        part = points.filter((pl.col("domain") == d) & (pl.col("experiment") == e))
+        finite = part.filter(pl.col("kl").is_finite() & pl.col("drop").is_finite())
+        for (label,), p in finite.group_by(["label"], maintain_order=True):
             s = styles[label]
             ax.scatter(p["kl"], p["drop"], color=s.color, marker=s.marker, label=label, s=28)
-        draw_fit(ax, part["kl"].to_numpy(), part["drop"].to_numpy())
-        ax.set(title=fit_title(d, part["kl"], part["drop"]),
+        draw_fit(ax, finite["kl"].to_numpy(), finite["drop"].to_numpy())
+        ax.set(title=fit_title(f"{d} / {e}" if len(panels) > 1 else d, finite["kl"],
+                               finite["drop"], part.height - finite.height),
                xlabel="KL(pi_0 || pi_t) on training contexts (nats)",
                ylabel="drop on held-out " + ("cohorts (clicks/slate)" if d == "recsys" else "tasks"))
         legend(ax)
@@ -279,8 +287,8 @@ def kl_drop_scatter(frame: pl.DataFrame) -> Figure:
 
 
 def draw_fit(ax: Axes, x: np.ndarray, y: np.ndarray) -> None:
-    """Least-squares line through the points when it is defined."""
-    if len(x) < 2 or np.ptp(x) == 0:
+    """Least-squares line through the points when r is defined (>= 3 points with spread)."""
+    if len(x) < 3 or np.ptp(x) == 0:
         return
     slope, icpt = np.polyfit(x, y, 1)
     xs = np.linspace(x.min(), x.max(), 2)
@@ -290,23 +298,45 @@ def draw_fit(ax: Axes, x: np.ndarray, y: np.ndarray) -> None:
 # ---------------------------------------------------------------- generic curves
 
 
-def metric_curves(frame: pl.DataFrame, metrics: list[str], title: str) -> Figure:
-    """One panel per metric over steps, mean over seeds with a 95% band per regime.
+PROBE_GROUPS = ("train", "heldout")
 
-    Metrics with groups (cohorts, tasks) are averaged over their groups, as the panel title says.
+
+def metric_panels(frame: pl.DataFrame, metric: str) -> list[tuple[str, pl.Expr | None]]:
+    """(title, group selector) of the panels of one metric: never an average of unlike groups.
+
+    - no groups: one panel;
+    - ``train`` / ``heldout``: one panel each;
+    - cohorts ``c<k>`` of a removal (cohorts with ``probe/forgetting`` rows): the removed
+      cohorts and the others, each averaged over its cohorts;
+    - other groups (cohorts without a removal, LLM tasks): one panel, mean over groups.
     """
+    groups = set(frame.filter(pl.col("metric") == metric)["group"].drop_nulls().to_list())
+    if not groups:
+        return [(metric, None)]
+    if groups <= set(PROBE_GROUPS):
+        return [(f"{metric} [{g}]", pl.col("group") == g) for g in PROBE_GROUPS if g in groups]
+    removed = set(frame.filter(pl.col("metric") == "probe/forgetting")["group"].drop_nulls())
+    if removed & groups and groups - removed:
+        inside = pl.col("group").is_in(sorted(removed))
+        return [(f"{metric} [removed cohorts]", inside),
+                (f"{metric} [other cohorts]", pl.col("group").is_not_null() & ~inside)]
+    return [(f"{metric} (mean over groups)", None)]
+
+
+def metric_curves(frame: pl.DataFrame, metrics: list[str], title: str) -> Figure:
+    """Panels of metrics over steps (:func:`metric_panels`), mean over seeds with a 95% band
+    per regime."""
     require(frame, *metrics)
-    shown = metrics[:MAX_PANELS]
+    panels = [(m, t, sel) for m in metrics for t, sel in metric_panels(frame, m)]
+    shown = panels[:MAX_PANELS]
     styles = styles_for(frame)
     fig, axes = grid(len(shown))
-    for ax, m in zip(axes, shown):
-        draw_bands(ax, mean_band(frame, m), styles)
-        grouped = frame.filter((pl.col("metric") == m) & pl.col("group").is_not_null()).height
-        ax.set(title=m + (" (mean over groups)" if grouped else ""),
-               xlabel=step_unit(frame.filter(pl.col("metric") == m)),
+    for ax, (m, panel_title, groups) in zip(axes, shown):
+        draw_bands(ax, mean_band(frame, m, groups), styles)
+        ax.set(title=panel_title, xlabel=step_unit(frame.filter(pl.col("metric") == m)),
                ylabel=m.split("/", 1)[-1])
     legend(axes[0])
-    more = f"; showing {len(shown)} of {len(metrics)}" if len(shown) < len(metrics) else ""
+    more = f"; showing {len(shown)} of {len(panels)} panels" if len(shown) < len(panels) else ""
     suptitle(fig, f"{title} (mean over seeds, 95% band){more}")
     return fig
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +70,22 @@ def section_html(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>\n{body}\n</section>'
 
 
-def page_html(title: str, sections: list[str]) -> str:
+def page_html(title: str, sections: list[str], kind: str = "report") -> str:
+    """The page; ``kind`` ("report", "comparison") is written into a ``<meta>`` tag, so that a
+    later write can tell what an existing file is (:func:`page_kind`)."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="recsys-onpolicy" content="{html.escape(kind)}">'
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>"
             f"<h1>{html.escape(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n")
+
+
+def page_kind(path: str | Path) -> str | None:
+    """The ``kind`` of a page written by :func:`page_html` ("report", "comparison"), or None
+    for any other file."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).decode("utf-8", errors="replace")
+    found = re.search(r'<meta name="recsys-onpolicy" content="([a-z]+)">', head)
+    return found.group(1) if found else None
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
@@ -144,12 +157,13 @@ SECTIONS = [
                   "Forgetting = AUC(day D) - AUC(day t) of the cohort removed from training on day "
                   "D; the right panel subtracts the paired control run where it is not removed."),
     FigureSection("auc", "Cohort-holdout AUC", plots.cohort_auc_curves, needs("probe/auc"),
-                  "AUC of the model's score on uniform-probe impressions per cohort; dashed: the "
+                  "AUC of the model's score on uniform-probe impressions per cohort; dotted: the "
                   "oracle AUC of the true click probabilities on the same impressions."),
     FigureSection("kl", "KL to the base policy vs drop", plots.kl_drop_scatter,
                   needs("probe/kl_to_base", "probe/drop"),
-                  "One point per run or sweep trial (last step). The forgetting law predicts a "
-                  "positive slope.", data="all"),
+                  "One point per run or sweep trial (last step), paired controls left out; one "
+                  "panel and fit per experiment. The forgetting law predicts a positive slope.",
+                  data="all"),
     FigureSection("feedback", "Feedback loop", plots.feedback_curves, needs_prefix("feedback/"),
                   "Exposure concentration, coverage, diversity, homogenisation and regret by day."),
     FigureSection("drift", "Parameter drift",
@@ -187,9 +201,13 @@ def gain_drop_html(frame: pl.DataFrame) -> str:
         return note_html("Skipped: only sweep trials in this result (see the sweep frontier).")
     header, rows = table_cells(table)
     return table_html(header, rows) + (
-        "<p>Last step of each run; mean over seeds [95% Student-t interval]. Gain and drop in "
-        "clicks per slate (recsys) or accuracy (llm); forgetting in AUC points; KL in nats on the "
-        "training cohorts. Sweep trials are not counted as seeds.</p>")
+        "<p>Final step of each run; mean over seeds [95% Student-t interval] (nan: a seed has "
+        "no value at its final step). Gain and drop in clicks per slate (recsys) or accuracy "
+        "(llm), both against step 0 (so drop includes the days before the removal day D); "
+        "forgetting as a difference of AUCs (0.03 = 3 AUC points) from day D; the vs-control "
+        "columns subtract the paired control run, which trains on every cohort but probes the "
+        "same train / held-out cohorts (control rows: experiment '&lt;name&gt;/control'); KL in "
+        "nats on the training cohorts. Sweep trials are not counted as seeds.</p>")
 
 
 def report_html(frame: pl.DataFrame, title: str, config_text: str | None = None) -> str:

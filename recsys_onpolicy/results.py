@@ -57,11 +57,21 @@ def to_frame(rows: Iterable[Mapping]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
-def check_schema(frame: pl.DataFrame) -> pl.DataFrame:
-    """Raise ValueError unless ``frame`` has exactly the schema's columns and dtypes."""
+def check_schema(frame: pl.DataFrame, where: str = "metrics frame") -> pl.DataFrame:
+    """Raise ValueError unless ``frame`` has exactly the schema's columns and dtypes; the
+    message names ``where`` and only the columns that differ."""
     got = dict(zip(frame.columns, frame.dtypes))
     if got != SCHEMA:
-        raise ValueError(f"metrics frame does not match the result schema: got {got}, expected {SCHEMA}")
+        missing = [c for c in SCHEMA if c not in got]
+        extra = [c for c in got if c not in SCHEMA]
+        typed = [f"{c} is {got[c]}, not {SCHEMA[c]}" for c in SCHEMA
+                 if c in got and got[c] != SCHEMA[c]]
+        parts = ([f"missing columns {missing}"] if missing else []) + (
+            [f"extra columns {extra}"] if extra else []) + typed
+        if not parts:  # same columns and types, another order
+            parts = [f"columns in the order {list(got)}, not {list(SCHEMA)}"]
+        raise ValueError(f"{where} does not match the result schema ({'; '.join(parts)}): "
+                         "it was not written by this toolkit's runs")
     return frame
 
 
@@ -71,12 +81,18 @@ def write_metrics(frame: pl.DataFrame, path: str | Path) -> Path:
 
 
 def read_metrics(path: str | Path) -> pl.DataFrame:
-    """Read a metrics file (or every ``metrics.parquet`` under a folder) and check its schema."""
+    """Read a metrics file and check its schema. A folder: its own ``metrics.parquet`` if it
+    has one (a run directory's, which holds every run's rows: the per-run copies under
+    ``runs/`` are not read again), else every ``metrics.parquet`` under it."""
     p = Path(path)
-    files = sorted(p.rglob("metrics.parquet")) if p.is_dir() else [p]
+    if p.is_dir():
+        files = [p / "metrics.parquet"] if (p / "metrics.parquet").is_file() else sorted(
+            p.rglob("metrics.parquet"))
+    else:
+        files = [p]
     if not files:
         raise FileNotFoundError(f"no metrics.parquet under {p}")
-    return check_schema(pl.concat([_read(f) for f in files], how="vertical"))
+    return pl.concat([check_schema(_read(f), str(f)) for f in files], how="vertical")
 
 
 def _read(path: Path) -> pl.DataFrame:

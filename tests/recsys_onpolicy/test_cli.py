@@ -200,6 +200,59 @@ def test_compare_of_the_same_run_twice(finished, tmp_path, capsys):
     assert not target.exists()
 
 
+def test_compare_never_replaces_a_runs_report(finished, tmp_path, capsys):
+    """--out may replace an earlier comparison, never a run's report.html or another file."""
+    _, out, _ = finished
+    other = tmp_path / "other"
+    other.mkdir()
+    read_metrics(out / "metrics.parquet").with_columns(experiment=pl.lit("tiny2")).write_parquet(
+        other / "metrics.parquet")
+    before = snapshot(out)
+    assert run_cli("compare", out, other, "--out", out / "report.html") == 2
+    assert "not a comparison page" in capsys.readouterr().err
+    assert snapshot(out) == before
+    target = tmp_path / "cmp.html"
+    assert run_cli("compare", out, other, "--out", target) == 0
+    assert run_cli("compare", out, other, "--out", target) == 0  # an earlier comparison: replaced
+
+
+def test_compare_refuses_to_pool_one_experiment_from_two_different_runs(finished, tmp_path,
+                                                                          capsys):
+    """Two folders with the same experiment name and other seeds are pooled as seeds only when
+    their configs agree; a longer run of another config would mix horizons in the table."""
+    _, out, _ = finished
+    for name, days in (("same", 2), ("longer", 9)):
+        d = tmp_path / name
+        d.mkdir()
+        read_metrics(out / "metrics.parquet").with_columns(
+            pl.col("seed") + 100).write_parquet(d / "metrics.parquet")
+        data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+        assert data["run"]["days"] == 2
+        data["run"]["days"], data["seed"] = days, 100
+        (d / "config.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert run_cli("compare", out, tmp_path / "same", "--out", tmp_path / "a.html") == 0
+    capsys.readouterr()
+    assert run_cli("compare", out, tmp_path / "longer", "--out", tmp_path / "b.html") == 2
+    err = capsys.readouterr().err
+    assert "config.yaml differ" in err and "--set experiment=" in err and err.count("\n") == 1
+    assert not (tmp_path / "b.html").exists()
+
+
+def test_report_of_an_empty_or_foreign_metrics_file_is_one_line(finished, tmp_path, capsys):
+    _, out, _ = finished
+    for name, frame in (("empty", read_metrics(out / "metrics.parquet").head(0)),
+                        ("foreign", pl.DataFrame({"a": [1.0]}))):
+        d = tmp_path / name
+        d.mkdir()
+        frame.write_parquet(d / "metrics.parquet")
+        (d / "report.html").write_text("keep me", encoding="utf-8")
+        assert run_cli("report", d) == 2
+        err = capsys.readouterr().err
+        assert str(d / "metrics.parquet") in err and err.count("\n") == 1, err
+        assert (d / "report.html").read_text(encoding="utf-8") == "keep me"
+    assert "missing columns" in err
+
+
 def test_report_of_a_folder_without_a_run(tmp_path, capsys):
     assert run_cli("report", tmp_path) == 2
     assert "metrics.parquet" in capsys.readouterr().err

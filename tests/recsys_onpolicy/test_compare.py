@@ -58,6 +58,14 @@ def test_compare_runs_rejects_overlaps_bad_schemas_and_missing_dirs(run_dirs, tm
         compare.compare_runs([tmp_path])
     with pytest.raises(ValueError, match="at least one"):
         compare.compare_runs([])
+    empty = tmp_path / "empty"
+    write_metrics(to_frame([]), empty / "metrics.parquet")
+    with pytest.raises(ValueError, match=f"{empty} holds no metric rows"):
+        compare.compare_runs([run_dirs[0], empty])
+    # the same experiment from two sources without configs showing it is one experiment
+    other_seeds = compare.compare_runs(run_dirs[:1]).with_columns(pl.col("seed") + 10)
+    with pytest.raises(ValueError, match="pooled as seeds"):
+        compare.compare_runs([run_dirs[0], other_seeds])
 
 
 def test_normalised_progress_divides_by_each_runs_last_step():

@@ -122,8 +122,51 @@ def test_kl_drop_scatter_titles_carry_pearson_r_and_r2_per_domain():
                     probe__drop=-y)
     r = 3.5 / math.sqrt(5 * 4.75)
     titles = [ax.get_title() for ax in visible_axes(plots.kl_drop_scatter(to_frame(out)))]
-    assert titles == [f"llm: Pearson r = {-r:.3f}, R² = {r * r:.3f}, n = 4",
-                      f"recsys: Pearson r = {r:.3f}, R² = {r * r:.3f}, n = 4"]
+    assert titles == [f"llm / toy: Pearson r = {-r:.3f}, R² = {r * r:.3f}, n = 4",
+                      f"recsys / exp: Pearson r = {r:.3f}, R² = {r * r:.3f}, n = 4"]
+
+
+def test_kl_drop_fits_each_experiment_apart_and_leaves_out_non_finite_points():
+    """Two experiments of one domain are two panels with their own r (pooled, their offset
+    would make the fit); a NaN KL is left out of its panel's fit and counted."""
+    xs, ys = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 5.0, 4.0]
+    out = []
+    for seed, (x, y) in enumerate(zip(xs, ys)):
+        out += rows(experiment="a", seed=seed, step=3, group="train", probe__kl_to_base=x)
+        out += rows(experiment="a", seed=seed, step=3, probe__drop=y)
+        out += rows(experiment="b", seed=seed, step=3, group="train",
+                    probe__kl_to_base=100.0 + x)
+        out += rows(experiment="b", seed=seed, step=3, probe__drop=10.0 - y)
+    out += rows(experiment="a", seed=9, step=3, group="train", probe__kl_to_base=math.nan)
+    out += rows(experiment="a", seed=9, step=3, probe__drop=1.0)
+    r = 3.5 / math.sqrt(5 * 4.75)
+    titles = [ax.get_title() for ax in visible_axes(plots.kl_drop_scatter(to_frame(out)))]
+    assert titles == [
+        f"recsys / a: Pearson r = {r:.3f}, R² = {r * r:.3f}, n = 4 (+1 non-finite, left out)",
+        f"recsys / b: Pearson r = {-r:.3f}, R² = {r * r:.3f}, n = 4"]
+
+
+def test_metric_panels_never_average_unlike_groups():
+    out = []
+    for step in (0, 1):
+        out += rows(step=step, group="train", target__expected_clicks=1.0)
+        out += rows(step=step, group="heldout", target__expected_clicks=3.0)
+        for k in range(3):
+            out += rows(step=step, group=f"c{k}", drift__rows_touched=float(k))
+        out += rows(step=step, group="c2", probe__forgetting=0.1)
+        out += rows(step=step, train__loss=0.5)
+    frame = to_frame(out)
+    titles = {m: [t for t, _ in plots.metric_panels(frame, m)] for m in (
+        "target/expected_clicks", "drift/rows_touched", "train/loss")}
+    assert titles == {
+        "target/expected_clicks": ["target/expected_clicks [train]",
+                                   "target/expected_clicks [heldout]"],
+        "drift/rows_touched": ["drift/rows_touched [removed cohorts]",
+                               "drift/rows_touched [other cohorts]"],
+        "train/loss": ["train/loss"]}
+    fig = plots.metric_curves(frame, ["target/expected_clicks", "drift/rows_touched"], "t")
+    means = [list(ax.get_lines()[0].get_ydata()) for ax in visible_axes(fig)]
+    assert means == [[1.0, 1.0], [3.0, 3.0], [2.0, 2.0], [0.5, 0.5]]
 
 
 def test_kl_drop_scatter_with_too_few_points_says_r_is_undefined():

@@ -32,6 +32,18 @@ def test_roundtrip_and_folder_read(tmp_path):
     write_metrics(_frame(), tmp_path / "b" / "metrics.parquet")
     assert read_metrics(tmp_path).height == 6
     assert not list(tmp_path.rglob("*.tmp"))
+    # a run directory's own file holds every run: the per-run copies are not read again
+    write_metrics(pl.concat([_frame(), _frame()]), tmp_path / "metrics.parquet")
+    assert read_metrics(tmp_path).height == 6
+
+
+def test_a_foreign_file_is_named_with_the_columns_that_differ(tmp_path):
+    path = tmp_path / "m.parquet"
+    _frame().drop("group").with_columns(pl.col("seed").cast(pl.Utf8), x=1).write_parquet(path)
+    with pytest.raises(ValueError) as err:
+        read_metrics(path)
+    assert str(err.value).startswith(f"{path} does not match the result schema (missing columns "
+                                     "['group']; extra columns ['x']; seed is String, not Int64)")
 
 
 def test_wrong_schema_rejected(tmp_path):
