@@ -5,14 +5,22 @@
 the target p* = 0.75 N(-3, 1) + 0.25 N(3.5, 0.7). Training only ever sees the new task:
 
 - forward KL / SFT: maximum likelihood on samples of the target's new mode (off-policy data);
-- reverse KL / RL: on-policy REINFORCE, samples from the current policy, reward = log density
-  ratio of the target's new mode to the policy.
+- reverse KL / RL: on-policy REINFORCE, samples from the current policy (from its new component
+  only, by default), reward = log density ratio of the target's new mode to the policy's
+  weighted new component (what this estimator is, and is not: see below).
 
 With a bi-modal initial policy q = 0.75 N(-3.5, 1) + 0.25 N(0.5, 0.7) reverse KL moves the new
 component and leaves the old one (it forgets less); with a uni-modal q = N(-3.5, 1) the
 mode-covering forward KL keeps more of the old mode. Forgetting is measured by the *overlap* of a
 policy component with the matching target mode on a grid (exact definitions in :func:`overlap`
-and :func:`run_case`); runs stop when Gain first reaches ``gain_stop`` (0.9).
+and :func:`probe_values`); runs stop when Gain first reaches ``gain_stop`` (0.9).
+
+Two forgetting measures. ``probe/drop`` (the official one) is the fall from step 0 of the old
+*component*'s overlap with the weighted old target mode; it floors at the old weight's clip
+(1e-3), so every run that collapses that weight reads Drop ~0.80. ``probe/drop_total`` is the
+fall of ``probe/overlap_old_total`` = overlap(w*_0 N_0, q), the *whole* policy against the
+weighted old target mode: mass of any component on the old mode counts, which is closer to
+"old-task accuracy" in an LM. For a uni-modal q the two are equal.
 
 Which component is "old" / "new": component 0 of q is the old one, the last the new one,
 matched to target components 0 (old, left) and 1 (new, right), each weighted by its mixture
@@ -24,9 +32,8 @@ How this differs from the paper's official code (princeton-pli/retaining-by-doin
 - Defaults follow the official code where it is more specific than the paper or the issue:
   the weight and std themselves are the parameters (``parametrization='direct'``; after each step
   weights are clipped to [1e-3, 1 - 1e-3] and stds to >= 1e-3), plain SGD on the mean gradient,
-  the reward is log(p_new(x) / (beta q_new(x))), so beta adds the constant -log(beta) (zero
-  expected effect without a baseline), and the reverse-KL samples come from the policy's *new
-  component* with importance weights q(x) / q_new(x) (``reverse_target='new_mode'``).
+  and the official reverse-KL estimator (``reverse_target='new_mode'``, described below) with
+  reward log(p_new(x) / (beta q_new(x))).
   ``parametrization='unconstrained'`` (means, log-stds, one mixture logit),
   ``beta_placement='scale'`` (reward beta * log(p/q)) and ``reverse_target='mixture'`` (samples
   from the whole q, reward log p*(x)/q(x): textbook reverse KL to p*) are the other readings.
@@ -41,13 +48,54 @@ How this differs from the paper's official code (princeton-pli/retaining-by-doin
 - The grid is 500 points on [-8, 8] (bi-modal) and [-10, 10] (uni-modal), as in the official
   settings; integrals are trapezoidal.
 
+What the bi-modal "reverse KL" arm is (``reverse_target='new_mode'``, the official estimator of
+princeton-pli/retaining-by-doing ``fit_reinforce``, which this reproduces): REINFORCE without a
+baseline on samples of the policy's *new component* only (target-task data), reward
+r(x) = log p_new(x) - log(beta q_new(x)) (p_new the normalised target new mode, q_new the
+*weighted* policy new component), each sample weighted by q(x) / q_new(x) = 1 + q_old / q_new.
+That weight is ~1 on the samples drawn (at q_0: median 1.0007, 94% of 100k draws below 1.1,
+the rest from the new component's left tail; ~1 on all of them once that component moves
+right), and it does not make this an unbiased estimator of the gradient of KL(q || p_new).
+Formally the expected gradient of its loss is -(1 / w_new) * integral of r grad q dx, which
+differs from that gradient (q_new where the KL has q, and the factor 1 / w_new). In practice
+the runs do not follow even that expectation: what balances it on the old weight and the old
+mean / std is the old mode, where the weight is ~2.6e7 at x = -3.5 but a draw of N(0.5, 0.7)
+lands below -3.5 with probability 5.5e-9 at q_0. On every realistic batch the old coordinates
+see only the new-component region, so the estimator never pushes the old weight down the way
+the exact gradient would (what does move it is beta, below). Setting the weight to 1 changes
+the default bi-modal reverse run only from Drop 0.032 / 0.032 / 0.037 (stop 129 / 125 / 123)
+to 0.026 / 0.025 / 0.025 (stop 135 / 132 / 132), seeds 0 / 1 / 2. The textbook reverse
+KL(q || p*) (``reverse_target='mixture'``) does not reach Gain 0.9: Gain 0.12 after 200 steps,
+seeds 0-2. So the arm's small Drop comes from sampling target-task data only plus
+``old_mode_lr_factor``, not from the mode-seeking property of reverse KL.
+
+beta is not neutral. With ``beta_placement='inside_log'`` it shifts every reward by
+-log(beta). A constant reward has zero expected effect only in exact expectation over the
+sampled distribution; here the balancing region is the unsampled old mode. On the samples drawn
+q_old ~ 0, so d log q / d w_old ~ -1 / w_new and the shift moves the old weight by about
+lr * old_mode_lr_factor * log(beta) / w_new per step (down for beta < 1, up for beta > 1).
+Measured on the bi-modal reverse run (lr 0.01, factor 0.005, otherwise defaults), seeds
+0 / 1 / 2, at the stop step (w_old: the old weight there, 0.75 at step 0):
+
+    beta  stop step        Drop                     drop_total               w_old
+    0.01  120 / 111 / 117  0.054 / 0.051 / 0.059    0.074 / 0.071 / 0.079    0.66-0.67
+    0.1   129 / 125 / 123  0.032 / 0.032 / 0.037    0.052 / 0.053 / 0.058    0.70
+    1     152 / 150 / 147  0.007 / 0.009 / 0.015    0.028 / 0.029 / 0.036    0.74-0.75
+    10    200 / 200 / 200  -0.031 / -0.028 / -0.020  -0.010 / -0.008 / 0.000  0.82-0.83
+
+(beta 10: Gain 0.66-0.70, gain_stop not reached.) So "reverse KL forgets less than forward KL"
+(forward Drop 0.122 / 0.126 / 0.126 at lr 0.15, same seeds) is a factor 3.4-3.9 at the default
+beta 0.1, 2.1-2.5 at beta 0.01 and 8-17 at beta 1.
+
 The bi-modal result rests on these official choices (measured, seeds 0-9 and 0-4): with the
-defaults reverse KL forgets about 4x less than forward KL at lr 0.15; with
-``old_mode_lr_factor=1`` every bi-modal run loses the old mode; with
-``parametrization='unconstrained'`` neither objective forgets at factor 0.005 and both forget
-about equally at factor 1; ``beta_placement='scale'`` and ``reverse_target='mixture'`` never
-reach Gain 0.9 with reverse KL in 200 (1000) steps. The uni-modal result (forward KL forgets
-less) holds under both parametrizations.
+defaults reverse KL forgets about 4x less than forward KL at lr 0.15 (drop_total 0.052 vs 0.136,
+seed 0); with ``old_mode_lr_factor=1`` every bi-modal run loses the old component (Drop 0.80, at
+the weight floor) and by drop_total reverse KL then forgets *more* than forward KL (0.82 vs
+0.60 at lr 0.15 and 0.68 at lr 0.01, seeds 0-2); with ``parametrization='unconstrained'``
+neither objective forgets at factor 0.005 and both forget about equally at factor 1;
+``beta_placement='scale'`` and ``reverse_target='mixture'`` never reach Gain 0.9 with reverse
+KL in 200 (1000) steps. The uni-modal result (forward KL forgets less) holds under both
+parametrizations.
 """
 from __future__ import annotations
 
@@ -144,14 +192,18 @@ class MixtureToyConfig(StrictModel):
     samples_per_step: int = Field(default=1000, ge=1, le=10_000_000)
     """Samples per gradient step (target new-mode draws for SFT, policy draws for RL)."""
     beta: float = Field(default=0.1, gt=0)
-    """The reward's beta (see beta_placement)."""
+    """The reward's beta (see beta_placement). Not neutral with reverse_target='new_mode': its
+    -log(beta) reward shift moves the old weight (measured table in the module docstring)."""
     beta_placement: Literal["inside_log", "scale"] = "inside_log"
-    """'inside_log': r = log(p / (beta q)) as in the official code (beta only adds a constant);
-    'scale': r = beta * log(p / q) (equivalent to multiplying the RL learning rate by beta)."""
+    """'inside_log': r = log(p / (beta q)) as in the official code (beta shifts every reward by
+    -log(beta), which moves the old weight with new-component sampling); 'scale':
+    r = beta * log(p / q) (not just a smaller RL learning rate: it also removes that shift;
+    the bi-modal reverse run then reaches only Gain ~0.12 in 200 steps)."""
     reverse_target: Literal["new_mode", "mixture"] = "new_mode"
-    """'new_mode' (official): x ~ the policy's new component, importance weight q/q_new, reward
-    from log p_new(x) / q_new(x) (p_new normalised, q_new weighted). 'mixture': x ~ q, reward
-    from log p*(x) / q(x), i.e. the textbook reverse KL(q || p*)."""
+    """'new_mode' (official): REINFORCE on x ~ the policy's new component only, reward
+    log p_new(x) / (beta q_new(x)) (p_new normalised, q_new weighted), weight q/q_new (~1 on the
+    drawn samples; not an unbiased estimator of grad KL(q || p_new), see the module docstring).
+    'mixture': x ~ q, reward from log p*(x) / q(x), i.e. the textbook reverse KL(q || p*)."""
     parametrization: Literal["direct", "unconstrained"] = "direct"
     """'direct' (official): the old weight and the stds are the parameters, clipped after each
     step; 'unconstrained': means, log-stds and one logit log(w_old / w_new)."""
@@ -354,7 +406,14 @@ def forward_kl_loss(policy: MixturePolicy, target: TargetMixture, n: int,
 
 def reverse_kl_loss(policy: MixturePolicy, target: TargetMixture, cfg: MixtureToyConfig,
                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """RL: REINFORCE (no baseline) on fresh policy samples; returns (loss, mean reward)."""
+    """RL: REINFORCE (no baseline) on fresh policy samples; returns (loss, mean reward).
+
+    'new_mode': x ~ the new component, loss -mean(w(x) r(x) log q(x)) with w = q / q_new
+    (weighted q_new). Its gradient's expectation is -(1 / w_new) * integral of r grad q dx, but
+    the old mode, which balances that expectation on the old coordinates, is in practice never
+    sampled (module docstring). 'mixture': x ~ q, an unbiased estimate of grad KL(q || p*)
+    (times beta with beta_placement='scale').
+    """
     n = cfg.samples_per_step
     with torch.no_grad():
         if cfg.reverse_target == "new_mode":
@@ -373,6 +432,34 @@ def reverse_kl_loss(policy: MixturePolicy, target: TargetMixture, cfg: MixtureTo
     return reinforce_loss(policy.log_prob(x), reward * log_iw.exp()), reward.mean()
 
 
+# ---------------------------------------------------------------------------------- probes
+@torch.no_grad()
+def probe_values(policy: MixturePolicy, p_vals: torch.Tensor, log_q0: torch.Tensor,
+                 grid: torch.Tensor) -> dict[str, float]:
+    """One step's probes and parameters (the per-step rows of :func:`run_case`).
+
+    Args:
+        policy: the policy q_t.
+        p_vals: (G, 2) weighted target modes w*_k N_k on the grid (old first).
+        log_q0: (G,) log q_0 on the grid.
+        grid: (G,) increasing points.
+    Returns: probe/overlap_old = overlap(w*_0 N_0, q_old), probe/overlap_new =
+    overlap(w*_1 N_1, q_new) (q_old, q_new the weighted first / last policy component, the
+    whole q when K = 1), probe/overlap_old_total = overlap(w*_0 N_0, q) (the whole policy),
+    probe/kl_to_base = KL(q_0 || q_t), and train/mean_k, train/std_k, train/weight_k.
+    """
+    q_vals = policy.component_log_probs(grid).exp()  # (G, K); K = 1: column 0 is all of q
+    w, m, s = policy.weights(), policy.means, policy.stds()
+    out = {"probe/overlap_old": float(overlap(p_vals[:, 0], q_vals[:, 0], grid)),
+           "probe/overlap_new": float(overlap(p_vals[:, 1], q_vals[:, -1], grid)),
+           "probe/overlap_old_total": float(overlap(p_vals[:, 0], q_vals.sum(1), grid)),
+           "probe/kl_to_base": float(grid_kl(log_q0, policy.log_prob(grid), grid))}
+    for k in range(policy.K):
+        out |= {f"train/mean_{k}": float(m[k]), f"train/std_{k}": float(s[k]),
+                f"train/weight_{k}": float(w[k])}
+    return out
+
+
 # ------------------------------------------------------------------------------------ runs
 def regime_name(objective: str, lr: float, old_factor: float | None) -> str:
     """'forward_kl_lr0.15_oldf0.005'; no '_oldf' part for one-component policies."""
@@ -389,13 +476,13 @@ def run_case(cfg: MixtureToyConfig, init: str, objective: Literal["forward_kl", 
              lr: float, old_factor: float, gen: torch.Generator, seed: int = 0) -> list[dict]:
     """Train one policy from ``init`` and return its rows in the result schema.
 
-    Every step t (0 = before training) logs, with G grid points on [grid_min, grid_max]:
-    probe/overlap_old = overlap(w*_0 N_0, q_old), probe/overlap_new = overlap(w*_1 N_1, q_new)
-    (q_old, q_new the weighted first/last policy component, the whole q when K = 1),
-    target/gain = overlap_new(t) - overlap_new(0), probe/drop = overlap_old(0) - overlap_old(t),
-    probe/kl_to_base = KL(q_0 || q_t) on the grid, train/loss (the surrogate being minimised),
-    train/reward_mean (RL only), train/mean_k, train/std_k, train/weight_k. The last step also
-    carries target/reached (1 if Gain >= gain_stop), target/stop_step and train/diverged.
+    Every step t (0 = before training) logs, with G grid points on [grid_min, grid_max], the
+    probes of :func:`probe_values` (overlap_old, overlap_new, overlap_old_total, kl_to_base, the
+    parameters) and target/gain = overlap_new(t) - overlap_new(0), probe/drop =
+    overlap_old(0) - overlap_old(t) (the old *component*), probe/drop_total =
+    overlap_old_total(0) - overlap_old_total(t) (the whole policy), train/loss (the surrogate
+    being minimised), train/reward_mean (RL only). The last step also carries target/reached
+    (1 if Gain >= gain_stop), target/stop_step and train/diverged.
     """
     case: InitCase = getattr(cfg, init)
     policy = MixturePolicy(case.components, cfg.parametrization, cfg.device)
@@ -409,19 +496,7 @@ def run_case(cfg: MixtureToyConfig, init: str, objective: Literal["forward_kl", 
     base = {"domain": "llm", "experiment": EXPERIMENT, "regime": regime, "seed": seed,
             "group": init}
 
-    @torch.no_grad()
-    def measure() -> dict[str, float]:
-        q_vals = policy.component_log_probs(grid).exp()  # (G, K); K = 1: column 0 is all of q
-        w, m, s = policy.weights(), policy.means, policy.stds()
-        out = {"probe/overlap_old": float(overlap(p_vals[:, 0], q_vals[:, 0], grid)),
-               "probe/overlap_new": float(overlap(p_vals[:, 1], q_vals[:, -1], grid)),
-               "probe/kl_to_base": float(grid_kl(log_q0, policy.log_prob(grid), grid))}
-        for k in range(policy.K):
-            out |= {f"train/mean_{k}": float(m[k]), f"train/std_{k}": float(s[k]),
-                    f"train/weight_{k}": float(w[k])}
-        return out
-
-    history = [measure()]  # one dict per logged step, step 0 first
+    history = [probe_values(policy, p_vals, log_q0, grid)]  # one dict per logged step, 0 first
     diverged = False
     for step in range(1, case.steps + 1):
         # one step: fresh data, loss, plain SGD with the old component slowed down
@@ -436,19 +511,23 @@ def run_case(cfg: MixtureToyConfig, init: str, objective: Literal["forward_kl", 
         if not (policy.is_finite() and math.isfinite(loss.item())):
             diverged = True  # stop; the last finite state is the last one logged
             break
-        history.append(measure() | stats | {"train/loss": loss.item()})
+        history.append(probe_values(policy, p_vals, log_q0, grid) | stats
+                       | {"train/loss": loss.item()})
         if history[-1]["probe/overlap_new"] - history[0]["probe/overlap_new"] >= cfg.gain_stop:
             break
 
     # bookkeeping: Gain / Drop against step 0, the stop step, the rows
-    gain, drop = gain_and_drop(
-        torch.tensor([h["probe/overlap_old"] for h in history], dtype=DTYPE),
-        torch.tensor([h["probe/overlap_new"] for h in history], dtype=DTYPE))
+    def series(metric: str) -> torch.Tensor:  # (T,) one metric over the logged steps
+        return torch.tensor([h[metric] for h in history], dtype=DTYPE)
+
+    gain, drop = gain_and_drop(series("probe/overlap_old"), series("probe/overlap_new"))
+    _, drop_total = gain_and_drop(series("probe/overlap_old_total"), series("probe/overlap_new"))
     stop = first_step_reaching(gain, cfg.gain_stop)
     last = len(history) - 1
     rows = []
     for t, h in enumerate(history):
-        values = h | {"target/gain": float(gain[t]), "probe/drop": float(drop[t])}
+        values = h | {"target/gain": float(gain[t]), "probe/drop": float(drop[t]),
+                      "probe/drop_total": float(drop_total[t])}
         rows += metric_rows(step=t, values=values, **base)
     rows += metric_rows(step=last, values={
         "target/reached": float(stop is not None), "target/stop_step": float(last),
@@ -487,27 +566,33 @@ def run_mixture_toy(cfg: MixtureToyConfig, gen: torch.Generator) -> pl.DataFrame
 
 # ----------------------------------------------------------------------------------- table
 def gain_drop_table(frame: pl.DataFrame) -> pl.DataFrame:
-    """One row per run at its stop step: init, regime, step, reached, diverged, gain, drop, kl."""
-    last = frame.group_by("group", "regime", maintain_order=True).agg(pl.col("step").max())
-    wide = (frame.join(last, on=["group", "regime", "step"])
-            .pivot(on="metric", index=["group", "regime", "step"], values="value"))
+    """One row per run (init, regime, seed) at that run's own stop step: init, regime, seed,
+    stop_step, reached, diverged, gain, drop (old component), drop_total (whole policy), kl."""
+    keys = ["group", "regime", "seed"]
+    last = frame.group_by(keys, maintain_order=True).agg(pl.col("step").max())
+    wide = (frame.join(last, on=[*keys, "step"])
+            .pivot(on="metric", index=[*keys, "step"], values="value"))
     return wide.select(
-        pl.col("group").alias("init"), "regime", pl.col("step").alias("stop_step"),
+        pl.col("group").alias("init"), "regime", "seed", pl.col("step").alias("stop_step"),
         pl.col("target/reached").cast(pl.Boolean).alias("reached"),
         pl.col("train/diverged").cast(pl.Boolean).alias("diverged"),
         pl.col("target/gain").alias("gain"), pl.col("probe/drop").alias("drop"),
+        pl.col("probe/drop_total").alias("drop_total"),
         pl.col("probe/kl_to_base").alias("kl_to_base"),
     )
 
 
 def format_gain_drop_table(table: pl.DataFrame) -> str:
-    """The table as fixed-width text for a terminal or a report."""
-    head = f"{'init':<9} {'regime':<30} {'stop':>5} {'gain':>6} {'drop':>6} {'KL(q0||q)':>9}  note"
+    """The table as fixed-width text for a terminal or a report (drop: old component; drop_tot:
+    whole policy)."""
+    head = (f"{'init':<9} {'regime':<30} {'seed':>4} {'stop':>5} {'gain':>6} {'drop':>6} "
+            f"{'drop_tot':>8} {'KL(q0||q)':>9}  note")
     lines = [head, "-" * len(head)]
     for r in table.iter_rows(named=True):
         note = "diverged" if r["diverged"] else ("" if r["reached"] else "gain_stop not reached")
-        lines.append(f"{r['init']:<9} {r['regime']:<30} {r['stop_step']:>5d} {r['gain']:>6.3f} "
-                     f"{r['drop']:>6.3f} {r['kl_to_base']:>9.3f}  {note}")
+        lines.append(f"{r['init']:<9} {r['regime']:<30} {r['seed']:>4d} {r['stop_step']:>5d} "
+                     f"{r['gain']:>6.3f} {r['drop']:>6.3f} {r['drop_total']:>8.3f} "
+                     f"{r['kl_to_base']:>9.3f}  {note}")
     return "\n".join(lines)
 
 

@@ -29,11 +29,13 @@ from llm_reference.mixture_toy import (
     load_mixture_config,
     main,
     overlap,
+    probe_values,
     regime_name,
     reverse_kl_loss,
     run_mixture_toy,
 )
-from recsys_onpolicy.results import check_schema
+from recsys_onpolicy import cli
+from recsys_onpolicy.results import check_schema, read_metrics
 from simulators.typed_config import ConfigError, replace, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,6 +98,60 @@ def test_gain_drop_bookkeeping():
     assert first_step_reaching(gain, 0.95) is None
 
 
+def probes_of(components, q0=None, grid_min=-8.0, grid_max=8.0, points=2001):
+    """probe_values of a policy made of ``components`` (q_0 = ``q0``, default the policy itself)."""
+    grid = torch.linspace(grid_min, grid_max, points, dtype=DTYPE)
+    p_vals = TargetMixture(MixtureToyConfig().target, "cpu").component_log_probs(grid).exp()
+    start = MixturePolicy(q0 or components, "direct", "cpu")
+    with torch.no_grad():
+        log_q0 = start.log_prob(grid)
+    return probe_values(MixturePolicy(components, "direct", "cpu"), p_vals, log_q0, grid)
+
+
+def test_whole_policy_overlap_counts_any_component_on_the_old_mode():
+    c = Component
+    # the target itself: q >= 0.75 N(-3, 1) everywhere, so both old overlaps are 1
+    target = probes_of(MixtureToyConfig().target)
+    assert target["probe/overlap_old"] == pytest.approx(1.0, abs=1e-6)
+    assert target["probe/overlap_old_total"] == pytest.approx(1.0, abs=1e-6)
+    # the *new* component sits on the old target mode and the old one far away:
+    # min(0.75 N(-3, 1), 0.5 N(-3, 1) + 0.5 N(5, 1)) ~ 0.5 N(-3, 1) -> total overlap 0.5 / 0.75;
+    # the old component's own overlap is 2 Phi(-4) ~ 6e-5
+    swapped = probes_of([c(weight=0.5, mean=5.0, std=1.0), c(weight=0.5, mean=-3.0, std=1.0)])
+    assert swapped["probe/overlap_old_total"] == pytest.approx(2 / 3, abs=1e-3)
+    assert swapped["probe/overlap_old"] == pytest.approx(2 * phi(-4.0), abs=1e-4)
+    # everything far from the old mode: ~0
+    far = probes_of([c(weight=0.5, mean=6.0, std=0.5), c(weight=0.5, mean=7.0, std=0.5)])
+    assert far["probe/overlap_old_total"] == pytest.approx(0.0, abs=1e-6)
+    # one component: it is the whole policy, so the two measures agree
+    uni = probes_of([c(weight=1.0, mean=-2.0, std=1.0)], grid_min=-10.0, grid_max=10.0)
+    assert uni["probe/overlap_old_total"] == uni["probe/overlap_old"]
+    # overlap of 0.75 N(-3, 1) with N(-2, 1) >= it except on its far side: 2 Phi(-0.5)-ish
+    assert 0.5 < uni["probe/overlap_old"] < 1.0
+
+
+def test_kl_to_base_is_kl_from_the_initial_policy_to_the_current_one():
+    # KL(q_0 || q_t) for q_0 = N(-3.5, 1), q_t = N(0, 1.5): log(s_t / s_0) +
+    # (s_0^2 + (m_0 - m_t)^2) / (2 s_t^2) - 1/2 = 2.8499; the other direction would be 6.3445
+    got = probes_of([Component(weight=1.0, mean=0.0, std=1.5)],
+                    q0=[Component(weight=1.0, mean=-3.5, std=1.0)], grid_min=-10.0, grid_max=10.0)
+    exact = math.log(1.5) + (1.0 + 3.5**2) / (2 * 1.5**2) - 0.5
+    assert got["probe/kl_to_base"] == pytest.approx(exact, abs=1e-4)
+
+
+def test_run_rows_carry_drop_total_from_the_whole_policy_overlap():
+    frame = run_mixture_toy(tiny_cfg(), gen(0))
+    wide = frame.pivot(on="metric", index=["group", "regime", "step"], values="value")
+    for (init, regime), run in wide.group_by("group", "regime", maintain_order=True):
+        run = run.sort("step")
+        total = run["probe/overlap_old_total"]
+        assert run["probe/drop_total"].to_list() == pytest.approx((total[0] - total).to_list())
+        if init == "unimodal":
+            assert run["probe/drop_total"].to_list() == pytest.approx(run["probe/drop"].to_list())
+    table = gain_drop_table(frame)
+    assert "drop_total" in table.columns and "drop_tot" in format_gain_drop_table(table)
+
+
 # ------------------------------------------------------------------------ policy, gradients
 def test_parametrizations_give_the_same_initial_density():
     comps = MixtureToyConfig().bimodal.components
@@ -142,6 +198,49 @@ def test_reinforce_gradient_estimates_the_reverse_kl_gradient(placement, scale):
     m, s = 1.0, 1.2  # closed form of d/dm, d/ds of log(0.7/s) + (s^2 + (m-3.5)^2) / 0.98 - 1/2
     assert float(pol.means.grad[0]) == pytest.approx(scale * (m - 3.5) / 0.49, rel=0.03)
     assert float(pol.spread.grad[0]) == pytest.approx(scale * (-1 / s + s / 0.49), rel=0.08)
+
+
+def grads(pol: MixturePolicy) -> list[float]:
+    """[mean_old, mean_new, std_old, std_new, w_old] gradients of a two-component policy."""
+    return torch.cat([pol.means.grad, pol.spread.grad, pol.mix.grad]).tolist()
+
+
+def test_new_mode_estimator_matches_its_importance_weighted_expectation():
+    """K = 2, ``reverse_target='new_mode'``: x ~ the new component N_new, weight q / q_new
+    (q_new weighted), so E[grad loss] = -E_N_new[(q / (w_new N_new)) r grad log q]
+    = -(1 / w_new) * integral of r grad q, by quadrature. The components overlap here, so the
+    weight is far from 1 and a wrong weight (1, or its inverse) moves every row by > 0.9."""
+    comps = [Component(weight=0.5, mean=0.0, std=0.8), Component(weight=0.5, mean=0.5, std=1.5)]
+    cfg = MixtureToyConfig(samples_per_step=200_000)
+    target = TargetMixture(cfg.target, "cpu")
+    pol = MixturePolicy(comps, "direct", "cpu")
+    loss, _ = reverse_kl_loss(pol, target, cfg, gen(0))
+    loss.backward()
+    x = torch.linspace(-20, 20, 40001, dtype=DTYPE)
+    exact_pol = MixturePolicy(comps, "direct", "cpu")
+    with torch.no_grad():
+        log_q_new = exact_pol.component_log_probs(x)[:, -1]  # weighted new component
+        r = target.new_mode_log_prob(x) - log_q_new - math.log(cfg.beta)
+    (-torch.trapezoid(r * exact_pol.log_prob(x).exp(), x) / 0.5).backward()
+    # measured: estimate [-6.92, -6.14, 1.28, 2.43, 3.94] vs quadrature [-6.92, -6.12, 1.28, 2.39,
+    # 3.95]; weight 1 gives [-3.48, -4.31, 2.24, 2.89, 0.40], weight q_new / q [-1.93, ..., -0.67]
+    assert grads(pol) == pytest.approx(grads(exact_pol), abs=0.15)
+
+
+def test_mixture_target_estimates_the_reverse_kl_gradient_of_the_mixture():
+    """K = 2, ``reverse_target='mixture'``: x ~ q, reward log p*/q - log beta; E[grad loss]
+    = grad KL(q || p*), here by quadrature (autograd through the grid integral)."""
+    cfg = MixtureToyConfig(reverse_target="mixture", samples_per_step=200_000)
+    target = TargetMixture(cfg.target, "cpu")
+    pol = MixturePolicy(cfg.bimodal.components, "direct", "cpu")
+    loss, _ = reverse_kl_loss(pol, target, cfg, gen(0))
+    loss.backward()
+    x = torch.linspace(-20, 20, 40001, dtype=DTYPE)
+    exact_pol = MixturePolicy(cfg.bimodal.components, "direct", "cpu")
+    log_q = exact_pol.log_prob(x)
+    torch.trapezoid(log_q.exp() * (log_q - target.log_prob(x)), x).backward()
+    # measured: quadrature [-0.339, 0.205, 0.092, -0.813, -3.863], estimate within 0.015
+    assert grads(pol) == pytest.approx(grads(exact_pol), abs=0.03)
 
 
 def test_sgd_step_slows_the_old_component_and_clips():
@@ -192,6 +291,50 @@ def test_smoke_all_four_cases_in_the_shared_schema():
     assert table.height == 8 and (table["stop_step"] == 6).all() and not table["reached"].any()
     text = format_gain_drop_table(table)
     assert "reverse_kl_lr0.01_oldf1" in text and "gain_stop not reached" in text
+
+
+def two_seed_data() -> dict:
+    """A YAML mapping for ``--seeds 2`` whose seeds 0 and 1 stop at different steps (measured:
+    forward 60 (Gain 0.5 not reached) / 55, reverse 56 / 55)."""
+    bimodal = MixtureToyConfig().bimodal.model_dump() | {
+        "forward_lrs": [0.15], "reverse_lrs": [0.01], "steps": 60}
+    return {"domain": "llm", "experiment": "mixture_toy", "seeds": 2, "mixture_toy": {
+        "inits": ["bimodal"], "bimodal": bimodal, "samples_per_step": 20, "gain_stop": 0.5,
+        "old_mode_lr_factor_ablation": None, "grid_points": 100}}
+
+
+def test_table_has_one_row_per_seed_at_that_seeds_own_stop_step():
+    cfg = validate(MixtureToyConfig, two_seed_data()["mixture_toy"])
+    frame = pl.concat([run_mixture_toy(cfg, gen(seed)) for seed in (0, 1)])
+    table = gain_drop_table(frame)
+    assert table.select("regime", "seed").rows() == [
+        ("forward_kl_lr0.15_oldf0.005", 0), ("reverse_kl_lr0.01_oldf0.005", 0),
+        ("forward_kl_lr0.15_oldf0.005", 1), ("reverse_kl_lr0.01_oldf0.005", 1)]
+    last = frame.group_by("regime", "seed").agg(pl.col("step").max())
+    assert set(table.select("regime", "seed", "stop_step").rows()) == set(last.rows())
+    assert table["stop_step"].n_unique() > 1  # the case that matters: seeds stop apart
+    for r in table.iter_rows(named=True):  # each row holds that run's own last values
+        at = frame.filter((pl.col("regime") == r["regime"]) & (pl.col("seed") == r["seed"])
+                          & (pl.col("step") == r["stop_step"]))
+        values = dict(at.select("metric", "value").rows())
+        assert r["drop"] == values["probe/drop"] and r["gain"] == values["target/gain"]
+        assert r["reached"] == (r["gain"] >= 0.5)
+    assert format_gain_drop_table(table).count("forward_kl_lr0.15_oldf0.005") == 2
+
+
+def test_cli_runs_two_seeds_and_writes_the_metrics(tmp_path, capsys):
+    # recsys-onpolicy run toy.yaml --seeds 2 goes through experiments.run_mixture_toy_experiment
+    data = two_seed_data()
+    del data["seeds"]
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+    args = ["run", str(tmp_path / "toy.yaml"), "--seeds", "2", "--out", str(run_dir),
+            "--no-progress"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    frame = read_metrics(run_dir / "metrics.parquet")
+    assert set(frame["seed"]) == {0, 1} and frame["group"].is_null().all()
+    assert "bimodal/reverse_kl_lr0.01_oldf0.005" in set(frame["regime"])
+    assert (run_dir / "gain_drop.txt").read_text().count("reverse_kl_lr0.01_oldf0.005") == 2
 
 
 def test_same_seed_same_frame_and_runs_do_not_depend_on_each_other():

@@ -9,15 +9,17 @@ import torch
 import yaml
 from scipy import stats
 
-from llm_reference.config import PRESETS, smoke_config
+from llm_reference.config import PRESETS, TaskConfig, smoke_config
 from llm_reference.recipe import (
     _run_order,
     format_table,
+    gain_and_drop,
     gain_drop_table,
     lr_sweep,
     main,
     run_recipe,
 )
+from llm_reference.tasks import build_suite
 from recsys_onpolicy.results import check_schema, read_metrics, to_frame
 
 
@@ -84,6 +86,17 @@ def test_gain_and_drop_follow_from_the_accuracies(run):
             range(1, steps + 1)
         )
         assert value(steps, "train/wall_seconds") > 0
+
+
+def test_gain_and_drop_on_hand_made_accuracies():
+    suite = build_suite(TaskConfig(n_eval=4, non_target=["addition", "copying"]))
+    before = {("target/accuracy", "countdown"): 0.2, ("probe/accuracy", "addition"): 0.9,
+              ("probe/accuracy", "copying"): 0.5}
+    now = {("target/accuracy", "countdown"): 0.7, ("probe/accuracy", "addition"): 0.6,
+           ("probe/accuracy", "copying"): 0.6}
+    # Gain 0.7 - 0.2; Drop = mean(0.9 - 0.6, 0.5 - 0.6) = 0.1 (a fall is a positive Drop)
+    assert gain_and_drop(now, before, suite) == {
+        ("target/gain", None): pytest.approx(0.5), ("probe/drop", None): pytest.approx(0.1)}
 
 
 def test_table_means_and_t_intervals_by_hand():

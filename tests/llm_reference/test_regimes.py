@@ -11,7 +11,7 @@ from lightning.fabric import Fabric
 from llm_reference.config import GPTConfig, RegimeConfig, TaskConfig
 from llm_reference.gpt import GPT
 from llm_reference.regimes import REGIMES, RunContext, Traces
-from llm_reference.sampling import answer_samples
+from llm_reference.sampling import answer_samples, completion_logprob
 from llm_reference.tasks import build_suite
 from llm_reference.tokenizer import CharTokenizer
 
@@ -92,6 +92,42 @@ def test_reinforce_with_reward_moves():
     before = params(model)
     REGIMES["reinforce"](ctx)
     assert not torch.equal(params(model), before)
+
+
+def record_samples(ctx: RunContext) -> list:
+    """Make ``ctx.sample`` keep every batch it draws; returns that list."""
+    drawn, original = [], ctx.sample
+
+    def sample(prompts, k, model=None):
+        drawn.append(original(prompts, k, model=model))
+        return drawn[-1]
+
+    ctx.sample = sample  # instance attribute shadows the method
+    return drawn
+
+
+def test_reinforce_scores_its_samples_at_the_sampling_temperature():
+    # reward 1: loss = -mean log pi_T(y) under the policy before the update (= the frozen base)
+    ctx, _, logged = make_ctx(steps=1, temperature=0.5)
+    constant_rewards(ctx, 1.0)
+    drawn = record_samples(ctx)
+    REGIMES["reinforce"](ctx)
+    with torch.no_grad():
+        at_t = -completion_logprob(ctx.ref, TOK, drawn[0], ctx.device, 0.5).mean().item()
+        at_1 = -completion_logprob(ctx.ref, TOK, drawn[0], ctx.device, 1.0).mean().item()
+    # the untrained model's logits are small, so T barely matters: measured 22.568 vs 22.489
+    assert abs(at_t - at_1) > 0.05
+    assert logged[0][1]["train/loss"] == pytest.approx(at_t, abs=1e-3)
+
+
+def test_grpo_normalises_advantages_within_each_prompt_group():
+    # prompt-major batch [p0, p0, p1, p1]: group 0 all right, group 1 all wrong -> every group
+    # advantage is 0 and nothing moves (normalised over the whole batch they would be +-1)
+    ctx, model, _ = make_ctx(steps=2)
+    ctx.rewards = lambda s: torch.tensor([1.0, 1.0, 0.0, 0.0])
+    before = params(model)
+    REGIMES["grpo"](ctx)
+    assert torch.equal(params(model), before)
 
 
 def test_grpo_with_equal_group_rewards_does_not_move_and_returns_traces():
