@@ -59,15 +59,20 @@ def load_source(source: Source, index: int) -> tuple[str, pl.DataFrame]:
     return name, frame
 
 
+# top-level config keys that do not change a run's results (plus the seeds themselves)
+NOT_RESULTS = ("seed", "seeds", "jobs", "description")
+
+
 def source_config(source: Source) -> dict | None:
-    """A run directory's ``config.yaml`` without its seeds (``seed``, ``seeds``): what must
-    agree for two directories' runs to be seeds of one setting; None for other sources."""
+    """A run directory's ``config.yaml`` without its seeds and the keys that do not change
+    results (:data:`NOT_RESULTS`): what must agree for two directories' runs to be seeds of
+    one setting; None for other sources."""
     if isinstance(source, pl.DataFrame) or not (Path(source) / "config.yaml").is_file():
         return None
     from simulators.typed_config import read_yaml
 
     data = read_yaml(Path(source) / "config.yaml")
-    return {k: v for k, v in data.items() if k not in ("seed", "seeds")}
+    return {k: v for k, v in data.items() if k not in NOT_RESULTS}
 
 
 def check_poolable(named: list[tuple[str, pl.DataFrame]], configs: list[dict | None]) -> None:

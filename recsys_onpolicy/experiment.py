@@ -3,13 +3,14 @@
 The YAML files under ``configs/`` are experiments. A recsys experiment expands into runs of the
 daily loop (:func:`recsys_onpolicy.loop.run`), one per (variant, regime, seed), plus for a
 cohort-removal experiment one paired *control* run each: the same config and seed without the
-removal (same pi_0, same world streams; ``removal.control``: the probes still split the users into
-the removal run's ``train`` and ``heldout`` cohorts), so forgetting can be separated from drift. Runs go to
-``RUN_DIR/runs/<variant>/<regime>/seed=<s>[-control]`` and execute in parallel processes
-(``jobs``, default: one per core, at most 2 on the 2-core machine); the overall progress bar
-counts simulated days over all runs. Their metrics are concatenated into
+removal (same pi_0, same world streams; ``removal.control``: the probes still split the users
+into the removal run's ``train`` and ``heldout`` cohorts), so forgetting can be separated from
+drift. Runs go to ``RUN_DIR/runs/<variant>/<regime>/seed=<s>[-control]`` and execute in parallel
+processes (``jobs``, default: one per core, at most 2 on the 2-core machine); the overall
+progress bar counts simulated days over all runs. Their metrics are concatenated into
 ``RUN_DIR/metrics.parquet`` with the forgetting rows (``probe/forgetting``,
-``probe/forgetting_vs_control``) added; control runs carry ``experiment = <name>/control``.
+``probe/forgetting_vs_control``, ``probe/drop_vs_control``) added; control runs carry
+``experiment = <name>/control``.
 
 LLM experiments (``domain: llm``) are dispatched to ``llm_reference`` (imported lazily, so the
 dependency still points one way: llm_reference -> recsys_onpolicy).

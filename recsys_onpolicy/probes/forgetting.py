@@ -68,7 +68,8 @@ def forgetting_rows(
         nothing matches.
     """
     groups = [cohort_group(k) for k in cohorts]
-    run, own = check_schema(run), _forgetting(check_schema(run), removal_day, groups)
+    run = check_schema(run)
+    own = _forgetting(run, removal_day, groups)
     parts = [own.with_columns(metric=pl.lit("probe/forgetting"))]
     if control is not None:
         control = check_schema(control)

@@ -228,7 +228,7 @@ def test_compare_refuses_to_pool_one_experiment_from_two_different_runs(finished
             pl.col("seed") + 100).write_parquet(d / "metrics.parquet")
         data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
         assert data["run"]["days"] == 2
-        data["run"]["days"], data["seed"] = days, 100
+        data["run"]["days"], data["seed"], data["jobs"] = days, 100, 2  # jobs: no effect
         (d / "config.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     assert run_cli("compare", out, tmp_path / "same", "--out", tmp_path / "a.html") == 0
     capsys.readouterr()
