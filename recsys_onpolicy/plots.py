@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from recsys_onpolicy.metrics import mean_ci95, pearson_r2
+from recsys_onpolicy.regimes.config import PRESETS
 from recsys_onpolicy.results import CONTROL_SUFFIX
 from recsys_onpolicy.tables import (
     POPULATION,
@@ -61,17 +62,26 @@ class Style:
     marker: str = "o"
 
 
-LINES = ("-", "--", ":", "-.")
+LINES = ("-", "--", "-.")  # not ":", the oracle's
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def colors_for(names) -> dict[str, tuple]:
-    """A fixed colour per name (sorted, tab10 then tab20)."""
+    """A colour per name. The regime presets (``PRESETS``, which include every LLM preset name)
+    have fixed tab10 colours, the same in every report and comparison; other names (custom or
+    variant regimes) take, in sorted order, the tab10 colours no preset of ``names`` uses, then
+    tab20's light ones (cycling)."""
     from matplotlib import colormaps
 
     names = sorted(set(names))
-    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+    tab10, tab20 = colormaps["tab10"], colormaps["tab20"]
+    fixed = {n: tab10(i) for i, n in enumerate(PRESETS)}  # 10 presets, 10 colours
+    taken = {fixed[n] for n in names if n in fixed}
+    spare = [c for c in map(tab10, range(10)) if c not in taken] + [
+        tab20(i) for i in range(1, 20, 2)]
+    others = [n for n in names if n not in fixed]
+    return {n: fixed[n] for n in names if n in fixed} | {
+        n: spare[i % len(spare)] for i, n in enumerate(others)}
 
 
 def styles_for(frame: pl.DataFrame) -> dict[str, Style]:

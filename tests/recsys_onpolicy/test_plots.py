@@ -9,6 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from recsys_onpolicy import plots
+from recsys_onpolicy.regimes.config import PRESETS
 from recsys_onpolicy.results import metric_rows, to_frame
 
 T_975_DF1 = 12.706204736174698  # Student t quantile 0.975, 1 degree of freedom
@@ -83,6 +84,14 @@ def test_oracle_ceiling_is_drawn_per_regime_when_the_worlds_differ():
     assert oracles == {"grpo oracle": {0.9}, "supervised_daily oracle": {0.7}}
     colours = {ln.get_label(): ln.get_color() for ln in ax.get_lines()}
     assert colours["grpo oracle"] == colours["grpo"]
+
+
+def test_a_preset_has_the_same_colour_on_every_page_and_names_never_share_one():
+    report = plots.colors_for(["grpo", "supervised_daily", "iterative_sft"])
+    comparison = plots.colors_for(["grpo", "ppo", "teacher_sft", "my_grpo", "iterative_sft"])
+    assert all(report[n] == comparison[n] for n in ("grpo", "iterative_sft"))
+    many = plots.colors_for([*PRESETS, *(f"custom{i}" for i in range(10))])
+    assert len(set(many.values())) == len(many) == 20
 
 
 def test_a_regime_has_one_colour_in_every_experiment_and_figure():
