@@ -345,7 +345,8 @@ def metric_curves(frame: pl.DataFrame, metrics: list[str], title: str) -> Figure
         draw_bands(ax, mean_band(frame, m, groups), styles)
         ax.set(title=panel_title, xlabel=step_unit(frame.filter(pl.col("metric") == m)),
                ylabel=m.split("/", 1)[-1])
-    legend(axes[0])
+    # the legend on the panel with the most labels (a metric may exist for some runs only)
+    legend(max(axes[:len(shown)], key=lambda a: len(a.get_legend_handles_labels()[1])))
     more = f"; showing {len(shown)} of {len(panels)} panels" if len(shown) < len(panels) else ""
     suptitle(fig, f"{title} (mean over seeds, 95% band){more}")
     return fig
