@@ -85,7 +85,10 @@ class RecsysRunConfig(StrictModel):
     train_batch_size: int = Field(default=512, ge=1)
     """Requests per update (each with its G slates for group-sampling regimes)."""
     probe_requests: int = Field(default=512, ge=1)
-    """Requests per group (train / heldout) of the built-in expected-clicks probe."""
+    """Requests per group (train / heldout) of the loop's built-in expected-clicks probe, the
+    one a bare ``loop.run`` uses (e.g. ``bench/scale.py``). Experiments (``recsys-onpolicy
+    run``) probe with :class:`~recsys_onpolicy.probes.DailyProbes` instead, sized by
+    ``probes.users_per_cohort``: there this key changes nothing."""
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     """How pi_0 is made."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)

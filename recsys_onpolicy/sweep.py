@@ -55,7 +55,9 @@ class SweepConfig(StrictModel):
     storage: str | None = None
     """Optuna RDB storage URL; None = sqlite:///<run dir>/sweep.db."""
     sampler_seed: int = 0
-    """Seed of optuna's TPE sampler (reproducible proposals on one machine)."""
+    """Seed of optuna's TPE sampler; each trial's proposal is seeded by (this, its trial
+    number): the same config proposes the same learning rates, and a resumed or shared study
+    does not propose again the ones it already tried."""
 
     @model_validator(mode="after")
     def _check_range(self) -> SweepConfig:
@@ -91,12 +93,19 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                           "sqlite:////abs/path/sweep.db or postgresql://user@host/db") from None
 
 
+def trial_sampler(sampler_seed: int, trial_number: int) -> optuna.samplers.TPESampler:
+    """The TPE sampler that proposes trial ``trial_number``: seeded by (sampler_seed, the trial
+    number), so proposals depend on the study's history and the trial, never on which process
+    asks (reproducible for a given history; a resumed or shared study gets new proposals)."""
+    return optuna.samplers.TPESampler(seed=(sampler_seed * 1_000_003 + trial_number) % 2**32)
+
+
 def _study(cfg: SweepConfig, storage, experiment: str, regime: str, key: str) -> optuna.Study:
     return optuna.create_study(
         study_name=f"{experiment}/{regime}" + (f"@{key}" if key else ""),
         storage=storage,
         directions=["maximize", "minimize"],
-        sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed),
+        sampler=trial_sampler(cfg.sampler_seed, 0),
         load_if_exists=True,
     )
 
@@ -154,6 +163,10 @@ def run_sweep(cfg: SweepConfig, url: str, experiment: str, evaluate: Evaluate,
         while _finished(study) < cfg.trials:
             with _quiet():
                 trial = study.ask()
+            # The proposal's randomness is seeded by the trial's number (unique in the study):
+            # one sampler seed per process would make a resumed sweep, or two machines sharing
+            # the study, propose the learning rates already tried, in lock-step.
+            study.sampler = trial_sampler(cfg.sampler_seed, trial.number)
             lr = trial.suggest_float("lr", cfg.lr_low, cfg.lr_high, log=True)
             try:
                 with _Heartbeat(storage, trial._trial_id):

@@ -32,6 +32,21 @@ def test_sweep_rows_and_resume(tmp_path):
     assert frame2.filter(pl.col("metric") == "sweep/lr").height == 8
 
 
+def test_proposals_are_reproducible_and_a_resumed_or_shared_study_never_repeats_them(tmp_path):
+    """Seeded by (sampler_seed, trial number): the same config proposes the same learning rates
+    in a fresh study, and a resumed study (or a second machine on it) proposes new ones."""
+    cfg = validate(SweepConfig, {"regimes": ["grpo"], "trials": 4})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    once, twice = [], []
+    run_sweep(cfg, storage_url(cfg, tmp_path / "a"), "lr_sweep", fake_evaluate(once))
+    url = storage_url(cfg, tmp_path / "b")
+    for n in (1, 2, 3, 4):  # four processes, each resuming the study for one more trial
+        run_sweep(cfg.model_copy(update={"trials": n}), url, "lr_sweep", fake_evaluate(twice))
+    assert [lr for _, lr, _ in once] == [lr for _, lr, _ in twice]
+    assert len({lr for _, lr, _ in once}) == 4
+
+
 def test_bad_range():
     with pytest.raises(ConfigError, match="lr_low"):
         validate(SweepConfig, {"lr_low": 0.5, "lr_high": 0.1})
