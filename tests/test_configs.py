@@ -144,10 +144,10 @@ def test_llm_configs_dispatch_to_llm_reference(name):
 
 def test_quickstart_is_the_readme_main_job():
     exp = experiment("quickstart.yaml")
-    assert exp.regimes == ["supervised_daily", "grpo", "iterative_sft"]
+    assert exp.regimes == ["supervised_daily", "grpo", "grpo_batch", "iterative_sft"]
     assert exp.seeds == 2 and exp.control and exp.run.removal.cohorts
     assert exp.run.removal.from_day < exp.run.days
-    assert len(expand(exp, Path("runs/demo"))) == 3 * 2 * 2  # regimes x seeds x (run, control)
+    assert len(expand(exp, Path("runs/demo"))) == 4 * 2 * 2  # regimes x seeds x (run, control)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
