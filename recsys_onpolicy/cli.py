@@ -175,7 +175,8 @@ def cmd_compare(args) -> int:
     if args.out.is_file() and page_kind(args.out) != "comparison":
         raise ConfigError(f"--out {args.out} exists and is not a comparison page (a run's "
                           "report, or another file): give a new path; only an earlier "
-                          "comparison is replaced")
+                          "comparison is replaced (one written by an older version carries no "
+                          "marker: delete it yourself)")
     try:
         path = write_comparison(args.run_dirs, args.out)
     except ValueError as err:  # e.g. the same run given twice: one line, not a traceback

@@ -59,19 +59,24 @@ def load_source(source: Source, index: int) -> tuple[str, pl.DataFrame]:
     return name, frame
 
 
-# top-level config keys that do not change a run's results (plus the seeds themselves)
-NOT_RESULTS = ("seed", "seeds", "jobs", "description")
+SEED_KEYS = ("seed", "seeds")  # at any depth (the LLM toy keeps its own: mixture_toy.seed)
+NOT_RESULTS = ("jobs", "description")  # top-level keys that do not change a run's results
 
 
 def source_config(source: Source) -> dict | None:
-    """A run directory's ``config.yaml`` without its seeds and the keys that do not change
-    results (:data:`NOT_RESULTS`): what must agree for two directories' runs to be seeds of
-    one setting; None for other sources."""
+    """A run directory's ``config.yaml`` without its seeds (:data:`SEED_KEYS`, at any depth) and
+    the top-level keys that do not change results (:data:`NOT_RESULTS`): what must agree for two
+    directories' runs to be seeds of one setting; None for other sources."""
     if isinstance(source, pl.DataFrame) or not (Path(source) / "config.yaml").is_file():
         return None
     from simulators.typed_config import read_yaml
 
-    data = read_yaml(Path(source) / "config.yaml")
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in SEED_KEYS}
+        return [strip(v) for v in node] if isinstance(node, list) else node
+
+    data = strip(read_yaml(Path(source) / "config.yaml"))
     return {k: v for k, v in data.items() if k not in NOT_RESULTS}
 
 
@@ -89,10 +94,11 @@ def check_poolable(named: list[tuple[str, pl.DataFrame]], configs: list[dict | N
             if cfg is None or other_cfg is None or cfg != other_cfg:
                 why = ("their config.yaml differ beyond the seeds" if cfg and other_cfg else
                        "there is no config.yaml to show they are the same experiment")
+                rename = ("rerun one with another name (--set experiment=NAME), or compare "
+                          "them separately" if key[0] == "recsys" else "compare them separately")
                 raise ValueError(
                     f"experiment {key[1]!r} ({key[0]}) is in both {other} and {name}, and "
-                    f"{why}: their runs would be pooled as seeds of one setting. Rerun one with "
-                    "another name (--set experiment=NAME), or compare them separately")
+                    f"{why}: their runs would be pooled as seeds of one setting; {rename}")
 
 
 def check_disjoint(named: list[tuple[str, pl.DataFrame]]) -> None:

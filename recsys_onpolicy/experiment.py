@@ -90,6 +90,23 @@ class RecsysExperiment(StrictModel):
             resolve_regime(_strip_name(spec))  # raises with the preset's / field's message
         return v
 
+    @field_validator("run")
+    @classmethod
+    def _no_control_run(cls, v: RecsysRunConfig) -> RecsysRunConfig:
+        if msg := user_control(v):
+            raise ValueError(msg)
+        return v
+
+
+def user_control(cfg: RecsysRunConfig) -> str | None:
+    """Why ``cfg`` cannot be an experiment's run (or a variant of it), or None: only the
+    experiment marks its own paired controls (a user's ``removal.control`` would train on the
+    "removed" cohort and still be read as a removal run)."""
+    if not cfg.removal.control:
+        return None
+    return ("run.removal.control = true: the experiment marks its own paired controls; remove "
+            "the key (the experiment's `control: true` adds a control run per removal run)")
+
 
 def regime_label(spec: str | dict) -> str:
     if isinstance(spec, str):
@@ -130,11 +147,8 @@ def expand(exp: RecsysExperiment, run_dir: Path) -> list[RunTask]:
                 label = regime_label(spec) + ("" if not exp.variants else f"@{vname}")
                 data = dict(vdata, seed=seed, regime=_strip_name(spec))
                 cfg = validate(RecsysRunConfig, data, source=f"variant {vname}, regime {label}: ")
-                if cfg.removal.control:
-                    raise ConfigError(
-                        f"variant {vname}, regime {label}: run.removal.control = true: the "
-                        "experiment marks its own paired controls; remove the key (the "
-                        "experiment's `control: true` adds a control run per removal run)")
+                if msg := user_control(cfg):  # a variant may set it
+                    raise ConfigError(f"variant {vname}, regime {label}: {msg}")
                 where = run_dir / "runs" / vname / regime_label(spec)
                 tasks.append(RunTask(label, seed, False, data, str(where / f"seed={seed}"),
                                      vname))

@@ -289,12 +289,25 @@ def save_checkpoint(state: RunState, out: Path) -> None:
         shutil.copyfile(path, daily)
 
 
+def same_config(saved_json: str, cfg: RecsysRunConfig) -> bool:
+    """Whether a checkpoint's config (JSON) is ``cfg``. The saved one is read through the
+    current model first, so a field added since with its default (e.g. ``removal.control``)
+    does not make an older checkpoint another config."""
+    if saved_json == cfg.model_dump_json():
+        return True
+    try:
+        return RecsysRunConfig.model_validate_json(saved_json).model_dump_json() == (
+            cfg.model_dump_json())
+    except ValueError:  # a field since removed or renamed: another config
+        return False
+
+
 def restore_checkpoint(state: RunState, saved: dict) -> None:
     """Load a checkpoint into a state built by :func:`build_state` for the same config."""
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"checkpoint format {saved.get('format')} is not {CHECKPOINT_FORMAT}: "
                           "start a new run folder")
-    if saved["config"] != state.config.model_dump_json():
+    if not same_config(saved["config"], state.config):
         diff = differing_keys(json.loads(saved["config"]), state.config.model_dump(mode="json"))
         raise ConfigError(f"the checkpoint in this folder was made with another config (at "
                           f"{', '.join(diff[:5]) or 'its serialised form'}): resume with the same "

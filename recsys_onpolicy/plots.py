@@ -159,6 +159,11 @@ def legend(ax: Axes) -> None:
 # ---------------------------------------------------------------- forgetting and cohort AUC
 
 
+def removed_cohorts(frame: pl.DataFrame) -> set[str]:
+    """Groups (``c<k>``) of the removed cohorts: those with ``probe/forgetting`` rows."""
+    return set(frame.filter(pl.col("metric") == "probe/forgetting")["group"].drop_nulls())
+
+
 def removal_days(frame: pl.DataFrame) -> list[int]:
     """Day D of each run with forgetting rows (its first forgetting step), distinct and sorted."""
     rows = frame.filter(pl.col("metric") == "probe/forgetting")
@@ -192,7 +197,7 @@ def forgetting_curves(frame: pl.DataFrame) -> Figure:
 def cohort_order(frame: pl.DataFrame) -> list[str]:
     """Cohorts with AUC rows, removed ones first, then by number (c2 before c10)."""
     cohorts = frame.filter(pl.col("metric") == "probe/auc")["group"].drop_nulls().unique().to_list()
-    removed = set(frame.filter(pl.col("metric") == "probe/forgetting")["group"].drop_nulls())
+    removed = removed_cohorts(frame)
 
     def key(g: str) -> tuple:
         return g not in removed, int(g[1:]) if g[1:].isdigit() else math.inf, g
@@ -208,7 +213,7 @@ def cohort_auc_curves(frame: pl.DataFrame) -> Figure:
     require(frame, "probe/auc")
     cohorts = cohort_order(frame)
     shown = cohorts[:MAX_PANELS]
-    removed = set(frame.filter(pl.col("metric") == "probe/forgetting")["group"].drop_nulls())
+    removed = removed_cohorts(frame)
     styles = styles_for(frame)
     fig, axes = grid(len(shown), sharex=True)
     for ax, c in zip(axes, shown):
@@ -317,7 +322,9 @@ def metric_panels(frame: pl.DataFrame, metric: str) -> list[tuple[str, pl.Expr |
     - no groups: one panel;
     - ``train`` / ``heldout``: one panel each;
     - cohorts ``c<k>`` of a removal (cohorts with ``probe/forgetting`` rows): the removed
-      cohorts and the others, each averaged over its cohorts;
+      cohorts and the others, each averaged over its cohorts; a removal whose cohorts the frame
+      cannot name (``heldout`` rows but no forgetting rows, e.g. without the AUC probe): one
+      panel per cohort;
     - other groups (cohorts without a removal, LLM tasks): one panel, mean over groups.
     """
     groups = set(frame.filter(pl.col("metric") == metric)["group"].drop_nulls().to_list())
@@ -325,11 +332,14 @@ def metric_panels(frame: pl.DataFrame, metric: str) -> list[tuple[str, pl.Expr |
         return [(metric, None)]
     if groups <= set(PROBE_GROUPS):
         return [(f"{metric} [{g}]", pl.col("group") == g) for g in PROBE_GROUPS if g in groups]
-    removed = set(frame.filter(pl.col("metric") == "probe/forgetting")["group"].drop_nulls())
+    removed = removed_cohorts(frame)
     if removed & groups and groups - removed:
         inside = pl.col("group").is_in(sorted(removed))
         return [(f"{metric} [removed cohorts]", inside),
                 (f"{metric} [other cohorts]", pl.col("group").is_not_null() & ~inside)]
+    if not removed and (frame["group"] == "heldout").any():
+        return [(f"{metric} [{g}]", pl.col("group") == g)
+                for g in sorted(groups, key=lambda g: (len(g), g))]
     return [(f"{metric} (mean over groups)", None)]
 
 

@@ -81,13 +81,14 @@ def write_metrics(frame: pl.DataFrame, path: str | Path) -> Path:
 
 
 def read_metrics(path: str | Path) -> pl.DataFrame:
-    """Read a metrics file and check its schema. A folder: its own ``metrics.parquet`` if it
-    has one (a run directory's, which holds every run's rows: the per-run copies under
-    ``runs/`` are not read again), else every ``metrics.parquet`` under it."""
+    """Read a metrics file and check its schema. A folder: every ``metrics.parquet`` under it
+    except those inside a folder that has its own (a run directory's file holds every run's
+    rows: the per-run copies under its ``runs/`` are not read again)."""
     p = Path(path)
     if p.is_dir():
-        files = [p / "metrics.parquet"] if (p / "metrics.parquet").is_file() else sorted(
-            p.rglob("metrics.parquet"))
+        found = sorted(p.rglob("metrics.parquet"))
+        tops = {f.parent for f in found}
+        files = [f for f in found if not any(a in tops for a in f.parent.parents)]
     else:
         files = [p]
     if not files:

@@ -14,7 +14,7 @@ With a control, Drop is adjusted the same way: ``probe/drop_vs_control`` = the r
 minus its control's at the same step (the control's probes hold out the same cohorts:
 ``removal.control``), i.e. the fall of the removed cohorts' expected clicks that the removal
 caused, net of what happens to them anyway. Like Drop it is measured from day 0, so it is 0 up to
-step D (the two runs are the same until then).
+step D (the two runs are the same until then; bit-exact on CPU, up to float rounding on a GPU).
 """
 from __future__ import annotations
 

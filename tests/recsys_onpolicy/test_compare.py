@@ -6,6 +6,7 @@ import re
 
 import polars as pl
 import pytest
+import yaml
 
 from recsys_onpolicy import compare
 from recsys_onpolicy.results import metric_rows, to_frame, write_metrics
@@ -66,6 +67,24 @@ def test_compare_runs_rejects_overlaps_bad_schemas_and_missing_dirs(run_dirs, tm
     other_seeds = compare.compare_runs(run_dirs[:1]).with_columns(pl.col("seed") + 10)
     with pytest.raises(ValueError, match="pooled as seeds"):
         compare.compare_runs([run_dirs[0], other_seeds])
+
+
+def test_one_experiment_from_two_folders_is_pooled_only_when_configs_agree_but_seeds(tmp_path):
+    """Seeds split across machines pool (a seed key at any depth is ignored, e.g. the toy's
+    mixture_toy.seed); another setting is refused, with advice an LLM experiment can follow."""
+    def folder(name: str, seed: int, lr: float):
+        d = tmp_path / name
+        write_metrics(run_frame("llm", "mixture_toy", {"grpo": 0.05}, 10, seeds=(seed,)),
+                      d / "metrics.parquet")
+        (d / "config.yaml").write_text(yaml.safe_dump({
+            "domain": "llm", "experiment": "mixture_toy", "jobs": seed + 1,
+            "mixture_toy": {"seed": seed, "lr": lr}}), encoding="utf-8")
+        return d
+    a, b, c = folder("a", 0, 0.1), folder("b", 1, 0.1), folder("c", 2, 0.5)
+    assert sorted(compare.compare_runs([a, b])["seed"].unique().to_list()) == [0, 1]
+    with pytest.raises(ValueError, match="differ beyond the seeds") as err:
+        compare.compare_runs([a, c])
+    assert "compare them separately" in str(err.value) and "--set" not in str(err.value)
 
 
 def test_normalised_progress_divides_by_each_runs_last_step():

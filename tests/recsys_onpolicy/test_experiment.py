@@ -115,6 +115,24 @@ def test_bad_variant_names_the_variant(tmp_path):
         expand(exp, tmp_path)
 
 
+def test_only_the_experiment_marks_its_controls(tmp_path):
+    """removal.control in a user's run, a variant or a sweep would train on the "removed"
+    cohort while being read as a removal run: refused everywhere."""
+    from recsys_onpolicy.sweep_runner import validate_sweep_experiment
+
+    control_run = copy.deepcopy(RUN)
+    control_run["removal"]["control"] = True
+    with pytest.raises(ConfigError, match="removal.control"):
+        experiment(run=control_run)
+    exp = experiment(variants={"ctrl": {"removal.control": True}})
+    with pytest.raises(ConfigError, match="variant ctrl.*removal.control"):
+        expand(exp, tmp_path)
+    sweep = {"experiment": "exp", "regimes": ["supervised_daily"], "run": control_run,
+             "sweep": {"regimes": ["supervised_daily"], "trials": 1}}
+    with pytest.raises(ConfigError, match="removal.control"):
+        validate_sweep_experiment(sweep)
+
+
 # ---- forgetting rows ------------------------------------------------------------------------
 
 

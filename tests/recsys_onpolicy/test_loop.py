@@ -3,6 +3,7 @@ improves expected clicks toward the known optimum, cohort removal and streaming 
 say, pi_0 is shared and cached, and a killed run resumes bit-identically on CPU."""
 from __future__ import annotations
 
+import json
 import math
 
 import polars as pl
@@ -249,6 +250,18 @@ def test_resume_refuses_a_different_config(tmp_path, pi0):
     loop.run(tiny_run("supervised_daily"), tmp_path, progress=False, stop_after=1)
     with pytest.raises(ValueError, match="another config"):
         loop.run(tiny_run("grpo"), tmp_path, progress=False)
+
+
+def test_a_checkpoint_from_before_a_new_field_is_the_same_config():
+    """A checkpoint saved before a field existed (here removal.control) resumes when the field
+    has its default; another value, or a field since removed, is another config."""
+    cfg = tiny_run("grpo")
+    saved = json.loads(cfg.model_dump_json())
+    del saved["removal"]["control"]
+    assert loop.same_config(json.dumps(saved), cfg)
+    control = tiny_run("grpo", removal={"cohort": 1, "from_day": 1, "control": True})
+    assert not loop.same_config(json.dumps(saved), control)
+    assert not loop.same_config(json.dumps(saved | {"gone": 1}), cfg)
 
 
 def test_checkpoint_switches(tmp_path, pi0):

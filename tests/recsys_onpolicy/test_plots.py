@@ -173,6 +173,14 @@ def test_metric_panels_never_average_unlike_groups():
         "drift/rows_touched": ["drift/rows_touched [removed cohorts]",
                                "drift/rows_touched [other cohorts]"],
         "train/loss": ["train/loss"]}
+    # a removal without forgetting rows (no AUC probe): the cohorts cannot be told apart, so
+    # each gets its own panel rather than one mean
+    unnamed = frame.filter(pl.col("metric") != "probe/forgetting")
+    assert [t for t, _ in plots.metric_panels(unnamed, "drift/rows_touched")] == [
+        "drift/rows_touched [c0]", "drift/rows_touched [c1]", "drift/rows_touched [c2]"]
+    no_removal = unnamed.filter(pl.col("group") != "heldout")
+    assert [t for t, _ in plots.metric_panels(no_removal, "drift/rows_touched")] == [
+        "drift/rows_touched (mean over groups)"]
     fig = plots.metric_curves(frame, ["target/expected_clicks", "drift/rows_touched"], "t")
     means = [list(ax.get_lines()[0].get_ydata()) for ax in visible_axes(fig)]
     assert means == [[1.0, 1.0], [3.0, 3.0], [2.0, 2.0], [0.5, 0.5]]

@@ -32,9 +32,15 @@ def test_roundtrip_and_folder_read(tmp_path):
     write_metrics(_frame(), tmp_path / "b" / "metrics.parquet")
     assert read_metrics(tmp_path).height == 6
     assert not list(tmp_path.rglob("*.tmp"))
-    # a run directory's own file holds every run: the per-run copies are not read again
+    # a run directory's own file holds every run: the per-run copies are not read again,
+    # also when the run directory is one of several under the folder read
     write_metrics(pl.concat([_frame(), _frame()]), tmp_path / "metrics.parquet")
     assert read_metrics(tmp_path).height == 6
+    root = tmp_path / "runs"
+    for name in ("x", "y"):  # two run directories, each with a per-run copy
+        write_metrics(_frame(), root / name / "metrics.parquet")
+        write_metrics(_frame(), root / name / "runs" / "grpo" / "metrics.parquet")
+    assert read_metrics(root).height == 2 * 3
 
 
 def test_a_foreign_file_is_named_with_the_columns_that_differ(tmp_path):
