@@ -374,20 +374,31 @@ def feedback_curves(frame: pl.DataFrame) -> Figure:
     return metric_curves(frame, metrics, "Feedback loop")
 
 
+GAIN_DROP = ("target/gain", "probe/drop", "probe/drop_vs_control")
+
+
 def gain_drop_curves(frame: pl.DataFrame) -> Figure:
-    """Gain and drop over training per regime, one row per domain (works for any domain/toy)."""
-    metrics = [m for m in ("target/gain", "probe/drop") if has_metric(frame, m)]
+    """Gain, drop and (with paired controls) drop vs control over training per regime, one row
+    per domain with the metrics that domain has (works for any domain/toy)."""
+    metrics = [m for m in GAIN_DROP if has_metric(frame, m)]
     if not metrics:
         raise ValueError("the frame has no target/gain or probe/drop rows: nothing to plot")
     domains = sorted(frame.filter(pl.col("metric").is_in(metrics))["domain"].unique().to_list())
     styles = styles_for(frame)
-    fig, axes = grid(len(domains) * len(metrics), ncols=len(metrics))
-    for i, (d, m) in enumerate((d, m) for d in domains for m in metrics):
-        part = with_labels(frame).filter(pl.col("domain") == d)
-        draw_bands(axes[i], mean_band(part, m, POPULATION), styles)
-        axes[i].axhline(0, color="0.6", lw=0.8)
-        axes[i].set(title=f"{d}: {m.split('/')[-1]}", xlabel="day" if d == "recsys" else "step",
-                    ylabel=m.split("/")[-1] + (" (clicks/slate)" if d == "recsys" else ""))
+    ncols = len(metrics)
+    fig, axes = grid(len(domains) * ncols, ncols=ncols)
+    labelled = with_labels(frame)
+    for row, d in enumerate(domains):
+        part = labelled.filter(pl.col("domain") == d)
+        for col, m in enumerate(metrics):
+            ax = axes[row * ncols + col]
+            if not has_metric(part, m):
+                ax.set_visible(False)
+                continue
+            draw_bands(ax, mean_band(part, m, POPULATION), styles)
+            ax.axhline(0, color="0.6", lw=0.8)
+            ax.set(title=f"{d}: {m.split('/')[-1]}", xlabel="day" if d == "recsys" else "step",
+                   ylabel=m.split("/")[-1] + (" (clicks/slate)" if d == "recsys" else ""))
     legend(axes[0])
     suptitle(fig, "Gain and drop over training (mean over seeds, 95% band)")
     return fig

@@ -139,8 +139,8 @@ def needs_prefix(prefix: str) -> Callable[[pl.DataFrame], str | None]:
 
 # metrics a dedicated section shows in full (probe/kl_to_base is not: the scatter shows only
 # its last training-cohort value, so its curves per group go to "Other metrics")
-COVERED = ("target/gain", "probe/drop", "probe/forgetting", "probe/forgetting_vs_control",
-           "probe/auc", "probe/auc_oracle", SWEEP_METRIC)
+COVERED = ("target/gain", "probe/drop", "probe/drop_vs_control", "probe/forgetting",
+           "probe/forgetting_vs_control", "probe/auc", "probe/auc_oracle", SWEEP_METRIC)
 
 
 def other_metrics(frame: pl.DataFrame) -> list[str]:
@@ -153,7 +153,9 @@ SECTIONS = [
     FigureSection("curves", "Gain and drop over training", plots.gain_drop_curves,
                   needs_any("target/gain", "probe/drop"),
                   "Gain: target metric now minus at step 0 on the trained cohorts / target task. "
-                  "Drop: the same metric's fall on held-out cohorts / non-target tasks."),
+                  "Drop: the same metric's fall on held-out cohorts / non-target tasks (dashed: "
+                  "the paired control runs, which keep training on them). Drop vs control: the "
+                  "removal run's drop minus its control's."),
     FigureSection("forgetting", "Forgetting of the removed cohort", plots.forgetting_curves,
                   needs("probe/forgetting"),
                   "Forgetting = AUC(day D) - AUC(day t) of the cohort removed from training on day "

@@ -231,6 +231,17 @@ def test_gain_drop_curves_work_for_an_llm_only_frame():
     assert list(axes[0].get_lines()[0].get_ydata()) == pytest.approx([0.0, 0.5, 1.0])
 
 
+def test_drop_vs_control_gets_a_panel_only_in_the_domain_that_has_it():
+    out = []
+    for step in (0, 1, 2):
+        out += rows(domain="llm", experiment="toy", step=step, target__gain=0.1, probe__drop=0.2)
+        out += rows(step=step, target__gain=0.3, probe__drop=0.4, probe__drop_vs_control=0.5)
+    axes = visible_axes(plots.gain_drop_curves(to_frame(out)))
+    assert [ax.get_title() for ax in axes] == [
+        "llm: gain", "llm: drop", "recsys: gain", "recsys: drop", "recsys: drop_vs_control"]
+    assert list(axes[-1].get_lines()[0].get_ydata()) == pytest.approx([0.5, 0.5, 0.5])
+
+
 def test_labels_name_the_experiment_only_when_there_are_several():
     one = to_frame(rows(target__gain=1.0))
     two = to_frame(rows(target__gain=1.0) + rows(domain="llm", experiment="toy", target__gain=1.0))
