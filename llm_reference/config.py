@@ -96,7 +96,8 @@ class TaskConfig(StrictModel):
     string_max_len: int = Field(5, ge=1, le=10)
     """Longest digit string in reversal, sorting and copying."""
     eval_share: float = Field(0.2, gt=0.0, lt=0.6)
-    """Share of each task's problems held out (by a hash of the prompt) for evaluation only."""
+    """Share of each task's problems held out (by a hash of the problem, so reorderings of one
+    problem fall on the same side) for evaluation only."""
     n_eval: int = Field(200, ge=4, le=5000)
     """Held-out prompts per task for greedy accuracy."""
     eval_seed: int = Field(1234, ge=0)
@@ -342,7 +343,8 @@ class HFModelConfig(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights dtype at load time."""
     prompt_template: str = "{prompt}"
-    """How a task prompt is shown to the model; must contain {prompt}."""
+    """How a task prompt is shown to the model; must contain {prompt}, which is replaced by the
+    prompt (other braces are kept as written)."""
 
     @field_validator("prompt_template")
     @classmethod

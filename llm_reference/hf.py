@@ -93,15 +93,21 @@ class HFCodec:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of the templated prompt, after BOS when the tokenizer adds one."""
-        ids = self.encode(self.prompt_template.format(prompt=prompt))
-        return ids if self.bos_id is None else [self.bos_id, *ids]
+        """Token ids of the templated prompt (``{prompt}`` replaced; any other brace is text),
+        after BOS when the tokenizer adds one and the template does not start with it."""
+        ids = self.encode(self.prompt_template.replace("{prompt}", prompt))
+        if self.bos_id is None or ids[:1] == [self.bos_id]:
+            return ids
+        return [self.bos_id, *ids]
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The answer text up to EOS, whitespace removed. A special token the model emitted
+        inside the answer stays in the text (e.g. ``4<bos>6``), so a verifier rejects it
+        rather than reading ``46``."""
         ids = [int(i) for i in ids]
         if self.eos_id in ids:
             ids = ids[: ids.index(self.eos_id)]
-        return "".join(self.tokenizer.decode(ids, skip_special_tokens=True).split())
+        return "".join(self.tokenizer.decode(ids, skip_special_tokens=False).split())
 
 
 def load_hf_model(cfg: HFModelConfig) -> tuple[HFCausalLM, HFCodec]:

@@ -67,6 +67,14 @@ def test_codec_round_trip_and_template(model_dir):
     assert templated.encode_prompt("12:") == codec.encode("S12:")
 
 
+def test_templates_keep_other_braces_and_special_tokens_stay_in_answers(model_dir):
+    _, codec = load_hf_model(HFModelConfig(path=str(model_dir)))
+    braced = HFCodec(codec.tokenizer, prompt_template="{{x}}{prompt}")
+    assert braced.encode_prompt("12:") == codec.encode("{{x}}12:")  # no KeyError, no format
+    pad = codec.pad_id  # a special token inside an answer is not silently dropped
+    assert codec.decode(codec.encode("4") + [pad] + codec.encode("6")) == "4<pad>6"
+
+
 def test_prompts_start_with_bos_when_the_tokenizer_adds_one():
     """A Llama-style tokenizer puts BOS before every text: the model's prompts must have it too
     (answers never do); a tokenizer without it gets none."""
@@ -80,6 +88,9 @@ def test_prompts_start_with_bos_when_the_tokenizer_adds_one():
     codec = HFCodec(fast)
     assert codec.encode_prompt("N357=1:") == fast("N357=1:")["input_ids"]
     assert codec.encode_prompt("N357=1:")[0] == 2 and 2 not in codec.encode("3+5-7")
+    # a template that writes BOS itself gets it once
+    assert HFCodec(fast, prompt_template="<bos>{prompt}").encode_prompt("N3:")[:2] == [
+        2, fast.convert_tokens_to_ids("N")]
     tk.post_processor = None
     plain = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
