@@ -70,8 +70,8 @@ def check_schema(frame: pl.DataFrame, where: str = "metrics frame") -> pl.DataFr
             [f"extra columns {extra}"] if extra else []) + typed
         if not parts:  # same columns and types, another order
             parts = [f"columns in the order {list(got)}, not {list(SCHEMA)}"]
-        raise ValueError(f"{where} does not match the result schema ({'; '.join(parts)}): "
-                         "it was not written by this toolkit's runs")
+        raise ValueError(f"{where} does not match the result schema ({'; '.join(parts)}); "
+                         f"expected the columns {list(SCHEMA)}")
     return frame
 
 
