@@ -8,7 +8,8 @@ peak is listed and summed (``peak_rss_gib_per_rank``, ``peak_rss_gib_total``). W
 default latent world (``simulators.presets.default_latent``: 8 cohorts, 3 modes, D = 16,
 C = 100 candidates, K = 10, H = 20, position-based clicks, drift, about half the users active a
 day) with the given users and items; model: ``ModelConfig`` defaults (D = 32, fused row-wise
-Adagrad, Adam head), one warm-up day.
+Adagrad, Adam head, float32; ``--head-dtype bfloat16`` for the mixed-precision head), one
+warm-up day.
 
 Figures (``case``):
 
@@ -99,7 +100,7 @@ def run_config(spec: dict):
     world = default_latent({"users": {"n_users": spec["users"]},
                             "items": {"n_items": spec["items"]}, "device": spec["device"]})
     return RecsysRunConfig(
-        world=world, model={"device": spec["device"],
+        world=world, model={"device": spec["device"], "head_dtype": spec["head_dtype"],
                             "sharding": {"types": spec.get("sharding")}}, regime=spec["regime"],
         days=spec["days"], warmup={"days": spec["warmup_days"]}, seed=0,
         write_logs=spec["write_logs"], checkpoint={"enabled": spec["checkpoint"]})
@@ -332,7 +333,7 @@ def emit(record: dict) -> None:
 def base_spec(args: argparse.Namespace) -> dict:
     return {"warmup_days": args.warmup_days, "probes": args.probes, "write_logs": not args.no_logs,
             "checkpoint": not args.no_checkpoint, "threads": args.threads, "tmp": args.tmp,
-            "nproc": args.nproc, "sharding": args.sharding}
+            "nproc": args.nproc, "sharding": args.sharding, "head_dtype": args.head_dtype}
 
 
 def bench_full(args: argparse.Namespace) -> None:
@@ -413,6 +414,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                                       "table_row_wise"],
                    help="with --nproc: the sharding types the planner may use (default: "
                         "run.model.sharding's)")
+    p.add_argument("--head-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="run.model.head_dtype: the dense head's compute dtype (the targets are "
+                        "for the default, float32)")
     p.add_argument("--probes", choices=["expected_clicks", "daily"], default="expected_clicks",
                    help="probes after every day: the loop's expected-clicks probe (default) or "
                         "every family of recsys_onpolicy.probes.DailyProbes at ProbeConfig "

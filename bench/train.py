@@ -59,7 +59,7 @@ def synthetic_batches(
 
 def bench_supervised(args: argparse.Namespace) -> dict:
     """Impressions/s of the ``supervised_daily`` update (pointwise BCE on shown items)."""
-    cfg = ModelConfig(embedding_dim=args.dim, device=args.device)
+    cfg = ModelConfig(embedding_dim=args.dim, device=args.device, head_dtype=args.head_dtype)
     device = resolve_device(cfg.device)
     gen = torch.Generator().manual_seed(0)
     model = TrainableScorer(cfg, args.users, args.items, args.topics, gen)
@@ -84,7 +84,7 @@ def bench_supervised(args: argparse.Namespace) -> dict:
     impressions = args.steps * requests * args.slate
     return {
         "bench": "train", "regime": "supervised_daily", "device": device.type,
-        "users": args.users, "items": args.items, "dim": args.dim,
+        "users": args.users, "items": args.items, "dim": args.dim, "head_dtype": args.head_dtype,
         "batch_impressions": requests * args.slate, "slate": args.slate,
         "history": args.history, "steps": args.steps, "threads": torch.get_num_threads(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -112,7 +112,7 @@ def bench_grpo(args: argparse.Namespace) -> dict | None:
     from simulators.rng import make_generator
     from simulators.world import make_world
 
-    cfg = ModelConfig(embedding_dim=args.dim, device=args.device)
+    cfg = ModelConfig(embedding_dim=args.dim, device=args.device, head_dtype=args.head_dtype)
     device = resolve_device(cfg.device)
     world = make_world(default_latent({
         "users": {"n_users": args.users}, "device": device.type, "slate_size": args.slate,
@@ -147,7 +147,7 @@ def bench_grpo(args: argparse.Namespace) -> dict | None:
     requests = args.steps * b
     return {
         "bench": "train", "regime": "grpo", "device": device.type,
-        "users": args.users, "items": args.items, "dim": args.dim,
+        "users": args.users, "items": args.items, "dim": args.dim, "head_dtype": args.head_dtype,
         "batch_requests": b, "candidates": args.candidates, "group_size": args.group_size,
         "slate": args.slate, "history": args.history, "steps": args.steps,
         "threads": torch.get_num_threads(), "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -174,6 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--head-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="ModelConfig.head_dtype: the dense head's compute dtype")
     p.add_argument("--candidates", type=int, default=100, help="grpo: candidates C per request")
     p.add_argument("--group-size", type=int, default=5, help="grpo: slates G per request")
     p.add_argument("--grpo-requests", type=int, default=512, help="grpo: requests per update")

@@ -36,6 +36,8 @@ How it is computed (speed; the function is the one above, up to float rounding):
   pieces of ``SCORE_CHUNK_ROWS`` candidates (embedding lookups included).
 - :class:`SplitPooled` hands the head its inputs as views of the pooled embeddings and writes
   their gradient into one buffer.
+- ``head_dtype: bfloat16`` (opt-in) runs the head's products under ``torch.autocast`` in
+  bfloat16; weights, optimizer state, tables and the returned logits stay float32.
 
 Measured back to back against the plain concatenation head on the shared 2-core CPU machine
 (1M users x 100k items, D = 32, W = 64, C = 100, load ~1.7): scoring a serving batch of 4096
@@ -119,6 +121,13 @@ class ModelConfig(StrictModel):
     """Width W of the dense head's hidden layers: the dense-capacity knob (with depth)."""
     head_depth: int = Field(default=2, ge=1, le=16)
     """Number of hidden layers of the dense head (>= 1)."""
+    head_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype of the dense head's matrix products. 'bfloat16' runs them under
+    ``torch.autocast`` (mixed precision): parameters, optimizer state, embedding tables and
+    the returned logits stay float32, only the products and the activations between them are
+    rounded to bfloat16 (8-bit mantissa). Faster where the hardware has bfloat16 units (GPUs,
+    CPUs with AVX512-BF16 or AMX; emulated, and slower, elsewhere): see the README's benchmark
+    section for the measured gain. Not bit-comparable with a float32 run of the same seed."""
     embedding_init_std: float = Field(default=0.05, gt=0.0, le=1.0)
     """Embedding rows start as N(0, std^2)."""
     sparse_optimizer: SparseOptimizer = "rowwise_adagrad"
@@ -243,8 +252,12 @@ class Scorer(nn.Module):
         per_chunk = max(1, HEAD_CHUNK_ROWS // c)
         user, *cand = SplitPooled.apply(pooled.values(), b, c, user_cols,
                                         [cols["item"], cols["topic"]], per_chunk)
-        parts = [self.head(u, it) for u, it in zip(user.split(per_chunk), cand)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)  # (B, C)
+        # One autocast region for all chunks: the weights are cast to bfloat16 once per call.
+        with torch.autocast(user.device.type, dtype=torch.bfloat16,
+                            enabled=self.cfg.head_dtype == "bfloat16"):
+            parts = [self.head(u, it) for u, it in zip(user.split(per_chunk), cand)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)  # (B, C)
+        return out.to(user.dtype)  # (B, C) in the embeddings' dtype whatever the head computed in
 
     def head(self, user: torch.Tensor, item_topic: torch.Tensor) -> torch.Tensor:
         """Click logits (b, C) of one chunk of requests from their user-side features user
