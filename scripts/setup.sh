@@ -1,64 +1,98 @@
 #!/usr/bin/env bash
 # Create .venv and install the pinned stack. Idempotent: a stamp file records the hash of the
-# inputs (this script, pyproject.toml) and the CUDA/CPU choice; nothing is reinstalled when they match.
+# inputs (these scripts, pyproject.toml); nothing is reinstalled while it matches and the
+# installed torchrec / fbgemm still match the torch in the venv.
 #
-# torch -> torchrec/fbgemm pairing (any other pairing fails to load):
-#   2.11 -> 1.6.0, 2.12 -> 1.7.0, 2.13 -> 1.8.0, 2.14 -> 1.9.0
-# torchrec declares fbgemm-gpu (the CUDA build) as a requirement, so it is installed with --no-deps
-# plus its real requirements and the right fbgemm variant (fbgemm-gpu-cpu without CUDA).
+# torch -> torchrec/fbgemm series and the fbgemm variant: scripts/setup_plan.py (2.11 -> 1.6,
+# 2.12 -> 1.7, 2.13 -> 1.8, 2.14 -> 1.9; fbgemm-gpu-cpu for a CPU torch, fbgemm-gpu from torch's
+# own index for a CUDA torch). A torch already in the venv is kept; without one, torch 2.13.0 is
+# installed: PyPI's CUDA build where `nvidia-smi -L` lists a GPU, else the CPU build (a local
+# wheel where pip's configuration offers one, else PyTorch's CPU index).
+# torchrec declares fbgemm-gpu (the CUDA build) as a requirement, so it is installed with
+# --no-deps plus its real requirements and the matching fbgemm. pip's resolver then reports
+# "torchrec ... requires fbgemm-gpu, which is not installed" with a CPU torch: expected,
+# fbgemm-gpu-cpu provides the same package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_DEFAULT=2.13.0
+die() { echo "setup: $*" >&2; exit 1; }
+py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; }
+plan() { "$VENV/bin/python" scripts/setup_plan.py; }
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  VARIANT=cuda
-else
-  VARIANT=cpu
-fi
-
-stamp_input() { cat scripts/setup.sh pyproject.toml; echo "$VARIANT"; }
-HASH=$(stamp_input | sha256sum | cut -c1-16)
+HASH=$(cat scripts/setup.sh scripts/setup_plan.py pyproject.toml | sha256sum | cut -c1-16)
 STAMP="$VENV/.setup-$HASH"
-if [ -f "$STAMP" ] && "$VENV/bin/python" -c "import torchrec, recsys_onpolicy" >/dev/null 2>&1; then
-  exit 0
+if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then
+  READY=0
+  eval "$(plan 2>/dev/null)" || true
+  if [ "$READY" = 1 ] && "$VENV/bin/python" -c "import torchrec, fbgemm_gpu, recsys_onpolicy" >/dev/null 2>&1; then
+    exit 0
+  fi
 fi
 
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+if [ -x "$VENV/bin/python" ]; then
+  py_ok "$VENV/bin/python" || die "$VENV has $("$VENV/bin/python" -V 2>&1); Python 3.10 or later" \
+    "is needed: remove $VENV and run 'make setup PYTHON=python3.X' (3.10 or later)"
+else
+  command -v "$PY" >/dev/null 2>&1 || die "'$PY' not found: install Python 3.10 or later, or" \
+    "run 'make setup PYTHON=/path/to/python3'"
+  py_ok "$PY" || die "'$PY' is $("$PY" -V 2>&1); Python 3.10 or later is needed: run" \
+    "'make setup PYTHON=python3.X' (3.10 or later)"
+  "$PY" -m venv "$VENV"
+fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 
-# 1. torch: keep a usable one already in the venv, else install the default pin.
-TORCH_VER=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
-if [ -z "$TORCH_VER" ]; then
-  if [ "$VARIANT" = cpu ]; then
-    # The CPU wheel: a local file on these machines, PyTorch's CPU index elsewhere.
-    "${PIP[@]}" "torch==$TORCH_DEFAULT" || "${PIP[@]}" "torch==$TORCH_DEFAULT" --index-url https://download.pytorch.org/whl/cpu
+# 1. torch: keep the one in the venv, else install the default pin.
+eval "$(plan)"
+if [ "$TORCH" = missing ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    "${PIP[@]}" "torch==$TORCH_DEFAULT"  # PyPI's CUDA build
   else
-    "${PIP[@]}" "torch==$TORCH_DEFAULT"
+    # pip's own choice when it is a CPU build (a local wheel on these machines); PyPI's Linux
+    # torch is the CUDA build (gigabytes of CUDA libraries), so else PyTorch's CPU index.
+    pick=$("${PIP[@]}" --dry-run --no-deps --ignore-installed --report - "torch==$TORCH_DEFAULT" \
+           2>/dev/null | "$VENV/bin/python" -c \
+           'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])' \
+           2>/dev/null || true)
+    if [[ "$pick" == *+cpu ]]; then
+      "${PIP[@]}" "torch==$TORCH_DEFAULT"
+    else
+      "${PIP[@]}" "torch==$TORCH_DEFAULT" --index-url https://download.pytorch.org/whl/cpu
+    fi
   fi
-  TORCH_VER=$TORCH_DEFAULT
+  eval "$(plan)"
 fi
-
-case "$TORCH_VER" in
-  2.11.*) TR=1.6.0 ;;
-  2.12.*) TR=1.7.0 ;;
-  2.13.*) TR=1.8.0 ;;
-  2.14.*) TR=1.9.0 ;;
-  *) echo "setup: torch $TORCH_VER is not supported; torchrec/fbgemm exist for torch 2.11-2.14." \
-          "Remove $VENV (or install torch==$TORCH_DEFAULT into it) and run 'make setup' again." >&2
-     exit 1 ;;
+case "$TORCH" in
+  ok) ;;
+  broken) die "$ERROR. Remove $VENV and run 'make setup' again." ;;
+  unsupported) die "$ERROR. Remove $VENV (or install torch==$TORCH_DEFAULT into it) and run" \
+                   "'make setup' again." ;;
+  *) die "torch $TORCH_DEFAULT could not be installed into $VENV (see pip's messages above)." ;;
 esac
-if [ "$VARIANT" = cuda ]; then FBGEMM="fbgemm-gpu==$TR"; else FBGEMM="fbgemm-gpu-cpu==$TR"; fi
 
-# 2. torchrec without its declared deps, plus what it really needs and the matching fbgemm.
-"${PIP[@]}" --no-deps "torchrec==$TR"
-"${PIP[@]}" "$FBGEMM" tensordict "torchmetrics==1.0.3" tqdm pyre-extensions iopath "torch==$TORCH_VER"
+# 2. the matching fbgemm (the other variant removed first: both own the fbgemm_gpu package),
+#    torchrec without its declared deps, and what torchrec really needs.
+INDEX=()
+[ -n "$FBGEMM_INDEX" ] && INDEX=(--index-url "$FBGEMM_INDEX")
+if "$VENV/bin/python" -m pip show -q "$FBGEMM_OTHER" >/dev/null 2>&1; then
+  "$VENV/bin/python" -m pip uninstall -y -q "$FBGEMM_OTHER"
+  "${PIP[@]}" --no-deps --force-reinstall "$FBGEMM" ${INDEX[@]+"${INDEX[@]}"}
+fi
+"${PIP[@]}" "$FBGEMM" "torch==$TORCH_BASE" ${INDEX[@]+"${INDEX[@]}"}
+"${PIP[@]}" --no-deps "$TORCHREC"
+"${PIP[@]}" tensordict "torchmetrics==1.0.3" tqdm pyre-extensions iopath "torch==$TORCH_BASE"
 
 # 3. the project (editable) and its dev tools; torch is already satisfied, so nothing is upgraded.
-"${PIP[@]}" -e ".[dev]" "torch==$TORCH_VER"
+"${PIP[@]}" -e ".[dev]" "torch==$TORCH_BASE"
 
-"$VENV/bin/python" -c "import torch, torchrec, fbgemm_gpu; print('setup ok: torch', torch.__version__, 'torchrec', torchrec.__version__ if hasattr(torchrec,'__version__') else '$TR', '($VARIANT)')"
+eval "$(plan)"
+[ "$READY" = 1 ] || die "after installing, torchrec/fbgemm still do not match torch $TORCH_VER" \
+  "($TORCHREC, $FBGEMM): remove $VENV and run 'make setup' again."
+"$VENV/bin/python" -c "import torchrec, fbgemm_gpu, recsys_onpolicy" \
+  || die "the stack does not import (above): remove $VENV and run 'make setup' again."
+echo "setup ok: torch $TORCH_VER, $("$VENV/bin/python" -m pip list 2>/dev/null \
+  | awk '$1 ~ /^(torchrec|fbgemm)/ {printf "%s %s, ", $1, $2}')$VARIANT"
 rm -f "$VENV"/.setup-*
 touch "$STAMP"
