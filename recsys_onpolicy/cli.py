@@ -7,6 +7,7 @@ bad argument, a missing config or an existing output directory gives one clear e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -72,13 +73,21 @@ def _positive(text: str) -> int:
     return value
 
 
+def _world_size(args) -> int:
+    """The processes each run will use: torchrun's ``WORLD_SIZE`` inside a worker, else
+    ``--nproc`` (x ``nnodes`` when the namespace carries multi-node settings)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return (getattr(args, "nproc", None) or 1) * (getattr(args, "nnodes", None) or 1)
+
+
 def _prepare(args) -> tuple[dict, Path]:
     """Load + validate the config, then create/check the run directory (in that order)."""
     from recsys_onpolicy.experiment import load_experiment_data, validate_experiment
     from recsys_onpolicy.run_dir import check_resume_config, prepare_run_dir, write_config
 
     data = load_experiment_data(args.config, args.overrides, getattr(args, "seeds", None))
-    validate_experiment(data, source=f"{args.config}: ")
+    validate_experiment(data, source=f"{args.config}: ", world_size=_world_size(args))
     out = args.out or Path("runs") / str(data.get("experiment", args.config.stem))
     out = prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite, keep=[args.config])
     if args.resume:

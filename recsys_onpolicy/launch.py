@@ -18,7 +18,7 @@ Commands::
 
     # the same through torchrun directly
     python -m torch.distributed.run --standalone --nproc_per_node 2 \\
-        -m recsys_onpolicy.launch run configs/quickstart.yaml --out runs/qs2
+        -m recsys_onpolicy.launch run configs/quickstart.yaml --out runs/qs2t
 
     # two machines x 2 processes: run on each machine, with its --node_rank (0 on HOST0);
     # node 0 writes the run folder, the others need the code and the config file only

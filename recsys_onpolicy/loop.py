@@ -209,11 +209,10 @@ def regime_model_config(model: ModelConfig, regime: RegimeConfig) -> ModelConfig
     return model.model_copy(update=update)
 
 
-def load_scorer(cfg: RecsysRunConfig, model_cfg: ModelConfig, world: World,
-                state: dict) -> TrainableScorer:
+def load_scorer(cfg: RecsysRunConfig, model_cfg: ModelConfig, state: dict) -> TrainableScorer:
     """A :class:`TrainableScorer` holding ``state`` (weights and optimizer states), trained at
     ``model_cfg``'s learning rates (a saved Adam state would otherwise bring its own)."""
-    scorer = new_scorer(model_cfg, cfg, world)
+    scorer = new_scorer(model_cfg, cfg)
     # A copy: torch's Optimizer.load_state_dict keeps the given Adam moment tensors as its live
     # state, so training would otherwise write into ``state`` (e.g. the cached pi_0).
     scorer.load_state_dict(to_cpu(state))
@@ -222,9 +221,9 @@ def load_scorer(cfg: RecsysRunConfig, model_cfg: ModelConfig, world: World,
     return scorer
 
 
-def frozen_reference(cfg: RecsysRunConfig, world: World, base: BasePolicy) -> Scorer:
+def frozen_reference(cfg: RecsysRunConfig, base: BasePolicy) -> Scorer:
     """The frozen pi_0: a plain, no-grad scorer holding the base policy's weights."""
-    scorer = build_scorer(cfg.model, *table_ids(cfg, world), torch.Generator().manual_seed(0))
+    scorer = build_scorer(cfg.model, *table_ids(cfg), torch.Generator().manual_seed(0))
     scorer.load_state_dict(base.model["model"])
     return scorer.requires_grad_(False).eval()
 
@@ -238,12 +237,12 @@ def build_state(cfg: RecsysRunConfig, base: BasePolicy, experiment: str,
             "serve": stream_generator(cfg.seed, "serve", device),
             "train": stream_generator(cfg.seed, "train", device)}
     gens["world"].set_state(base.world_gen)
-    policy = load_scorer(cfg, regime_model_config(cfg.model, cfg.regime), world, base.model)
+    policy = load_scorer(cfg, regime_model_config(cfg.model, cfg.regime), base.model)
     companion = None
     if cfg.regime.data == "traces":
         comp_regime = cfg.regime.companion()
-        companion = load_scorer(cfg, regime_model_config(cfg.model, comp_regime), world, base.model)
-    return RunState(cfg, experiment, regime_name, world, policy, frozen_reference(cfg, world, base),
+        companion = load_scorer(cfg, regime_model_config(cfg.model, comp_regime), base.model)
+    return RunState(cfg, experiment, regime_name, world, policy, frozen_reference(cfg, base),
                     companion, gens)
 
 

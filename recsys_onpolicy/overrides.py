@@ -1,7 +1,7 @@
 """`--set key.path=value` overrides applied to a config mapping before validation.
 
 Values are parsed as YAML scalars/flow collections (`3`, `0.1`, `true`, `[a, b]`, `{x: 1}`), so
-`--set regimes=[grpo,ppo]` and `--set run.world.n_users=500` both work. Unknown keys are not
+`--set regimes=[grpo,ppo]` and `--set run.world.users.n_users=500` both work. Unknown keys are not
 checked here: validation of the resulting mapping reports them with the known keys.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
     key, raw = text.split("=", 1)
     path = [p for p in key.strip().split(".")]
     if not key.strip() or any(not p for p in path):
-        raise ConfigError(f"--set {text!r}: the key must be a dotted path such as run.world.n_users")
+        raise ConfigError(f"--set {text!r}: the key must be a dotted path such as run.world.users.n_users")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:

@@ -87,6 +87,10 @@ def check_resume_config(out: Path, data: dict) -> None:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"--resume: {path} cannot be read ({type(err).__name__}); it was "
                           "edited or damaged: restore it, or start a new --out") from None
+    if not isinstance(stored, dict):  # empty, or not a mapping: not a config this tool wrote
+        what = "empty" if stored is None else f"a {type(stored).__name__}"
+        raise ConfigError(f"--resume: {path} holds no config ({what}); it was edited or "
+                          "damaged: restore it, or start a new --out")
     if stored != data:
         diff = ", ".join(differing_keys(stored, data)[:5])
         raise ConfigError(

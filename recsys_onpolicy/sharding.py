@@ -49,7 +49,7 @@ from torchrec.distributed.planner.types import (
 from torchrec.distributed.types import EmbeddingModuleShardingPlan
 from torchrec.optim import RowWiseAdagrad
 
-from simulators.typed_config import StrictModel
+from simulators.typed_config import ConfigError, StrictModel
 
 ShardingTypeName = Literal["table_wise", "column_wise", "row_wise", "table_row_wise"]
 CUDA_ONLY = ("row_wise", "table_row_wise")
@@ -84,8 +84,9 @@ class ShardingConfig(StrictModel):
     dim divided by the number of processes (one block per process), at least 4."""
 
 
-class ShardingPlanError(ValueError):
-    """The tables cannot be placed in the stated memory; the message names tables and fixes."""
+class ShardingPlanError(ConfigError):
+    """The tables cannot be placed in the stated memory (or with the allowed types); the message
+    names tables and fixes. A :class:`ConfigError`: the CLI prints it as one line."""
 
 
 def allowed_types(cfg: ShardingConfig, device_type: str, sparse_optimizer: str) -> list[str]:

@@ -38,7 +38,7 @@ from recsys_onpolicy.run_state import (
 from simulators.config import resolve_device
 from simulators.day import simulate_day
 from simulators.policies import uniform_random_policy
-from simulators.world import World, make_world
+from simulators.world import make_world
 
 if TYPE_CHECKING:
     from recsys_onpolicy.run_config import RecsysRunConfig
@@ -80,16 +80,18 @@ def base_key(cfg: RecsysRunConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def table_ids(cfg: RecsysRunConfig, world: World) -> tuple[int, int, int]:
-    """(users, items, topics) id counts of the model: the item table covers every item that
-    will exist by the end of the run (warm-up days + experiment days of arrivals)."""
-    return world.n_users, cfg.world.catalogue_size(cfg.warmup.days + cfg.days), world.n_topics
+def table_ids(cfg: RecsysRunConfig) -> tuple[int, int, int]:
+    """(users, items, topics) id counts of the model, from the config alone (the world made
+    from it has these): the item table covers every item that will exist by the end of the run
+    (warm-up days + experiment days of arrivals)."""
+    w = cfg.world
+    return w.users.n_users, w.catalogue_size(cfg.warmup.days + cfg.days), w.items.n_topics
 
 
-def new_scorer(model_cfg: ModelConfig, cfg: RecsysRunConfig, world: World) -> TrainableScorer:
+def new_scorer(model_cfg: ModelConfig, cfg: RecsysRunConfig) -> TrainableScorer:
     """A freshly initialised :class:`TrainableScorer` (initial weights from the run's seed)."""
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "model_init"))
-    return TrainableScorer(model_cfg, *table_ids(cfg, world), gen)
+    return TrainableScorer(model_cfg, *table_ids(cfg), gen)
 
 
 def warm_up(cfg: RecsysRunConfig) -> BasePolicy:
@@ -97,7 +99,7 @@ def warm_up(cfg: RecsysRunConfig) -> BasePolicy:
     device = resolve_device(cfg.world.device)
     world_gen = stream_generator(cfg.seed, "world", device)
     world = make_world(cfg.world, world_gen)
-    policy = new_scorer(cfg.model, cfg, world)
+    policy = new_scorer(cfg.model, cfg)
     logging_policy = uniform_random_policy(cfg.world.slate_size,
                                            stream_generator(cfg.seed, "warmup_log", device))
     regime = RegimeConfig(preset="supervised_daily", data="logged", loss="bce",

@@ -451,6 +451,32 @@ def test_cuda_without_a_gpu_is_refused_before_the_run(config, override, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("args, words", [
+    # one process: tables (with their Adagrad state) larger than the memory given
+    (["--set", "run.model.sharding.memory_per_rank_gib=0.00001"], "do not fit"),
+    # two processes: the planner's dry run for 2 ranks refuses before torchrun starts
+    (["--nproc", "2", "--set", "run.model.sharding.memory_per_rank_gib=0.00001"], "2 process(es)"),
+    (["--nproc", "2", "--set", "run.model.sharding.types=[row_wise]"], "need CUDA"),
+    (["--set", "variants={big: {model.sharding.memory_per_rank_gib: 0.00001}}"], "variant big"),
+])
+def test_a_sharding_plan_that_cannot_work_is_refused_before_the_run(args, words, tmp_path,
+                                                                     capsys):
+    """One error line naming the tables and the fix (no traceback), and no run folder."""
+    config = write_config(tmp_path)
+    assert run_cli("run", config, "--out", tmp_path / "out", *args) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_an_empty_config_is_named(finished, tmp_path, capsys):
+    config, done, _ = finished
+    out = copy_of(done, tmp_path)
+    (out / "config.yaml").write_text("")
+    assert run_cli("run", config, "--out", out, "--resume", "--no-progress") == 2
+    assert "holds no config (empty)" in capsys.readouterr().err
+
+
 def test_resume_with_a_damaged_config_or_checkpoint(finished, tmp_path, capsys):
     config, done, _ = finished
     out = copy_of(done, tmp_path)
