@@ -49,6 +49,19 @@ def test_mean_band_is_the_mean_and_t_interval_over_seeds():
         {"label": "grpo", "step": 4, "mean": mean, "low": mean - half, "high": mean + half, "n": 2})
 
 
+def test_bands_are_cut_to_the_values_a_metric_can_take():
+    """Two seeds' AUC of c0 on day 4 (0.6 and 0.2): the t-interval 0.4 +- 2.54 is cut to
+    [0, 1], the mean is not; forgetting (unbounded) keeps its whole interval."""
+    frame = forgetting_frame()
+    c0 = pl.col("group") == "c0"
+    auc = plots.mean_band(frame, "probe/auc", c0).filter(pl.col("step") == 4).row(0, named=True)
+    assert (auc["mean"], auc["low"], auc["high"]) == pytest.approx((0.4, 0.0, 1.0))
+    forgetting = plots.mean_band(frame, "probe/forgetting").filter(pl.col("step") == 4)
+    assert forgetting["low"][0] == pytest.approx(0.4 - T_975_DF1 * math.sqrt(0.08) / math.sqrt(2))
+    one_seed = plots.mean_band(frame.filter(pl.col("seed") == 0), "probe/auc", c0)
+    assert one_seed["low"].is_nan().all()  # one seed: no band, not a band cut to [0, 1]
+
+
 def test_forgetting_curves_draw_both_panels_and_mark_the_removal_day():
     fig = plots.forgetting_curves(forgetting_frame())
     axes = visible_axes(fig)
