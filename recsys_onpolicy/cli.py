@@ -73,12 +73,17 @@ def _positive(text: str) -> int:
     return value
 
 
-def _world_size(args) -> int:
-    """The processes each run will use: torchrun's ``WORLD_SIZE`` inside a worker, else
-    ``--nproc`` (x ``nnodes`` when the namespace carries multi-node settings)."""
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    return (getattr(args, "nproc", None) or 1) * (getattr(args, "nnodes", None) or 1)
+def _processes(args) -> tuple[int, int]:
+    """(processes in all, processes per machine) each run will use: torchrun's inside a worker,
+    else ``--nproc`` per machine (x ``nnodes`` when the namespace carries multi-node
+    settings)."""
+    from recsys_onpolicy.distributed import under_torchrun
+
+    if under_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        return world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    per_node = getattr(args, "nproc", None) or 1
+    return per_node * (getattr(args, "nnodes", None) or 1), per_node
 
 
 def _prepare(args) -> tuple[dict, Path]:
@@ -87,7 +92,7 @@ def _prepare(args) -> tuple[dict, Path]:
     from recsys_onpolicy.run_dir import check_resume_config, prepare_run_dir, write_config
 
     data = load_experiment_data(args.config, args.overrides, getattr(args, "seeds", None))
-    validate_experiment(data, source=f"{args.config}: ", world_size=_world_size(args))
+    validate_experiment(data, source=f"{args.config}: ", processes=_processes(args))
     out = args.out or Path("runs") / str(data.get("experiment", args.config.stem))
     out = prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite, keep=[args.config])
     if args.resume:

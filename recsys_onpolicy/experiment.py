@@ -275,10 +275,12 @@ def load_experiment_data(path: str | Path, overrides: list[str] = (), seeds: int
     return data
 
 
-def check_tables(tasks: list[RunTask], world_size: int, source: str = "") -> None:
+def check_tables(tasks: list[RunTask], world_size: int, local_world_size: int,
+                 source: str = "") -> None:
     """ConfigError (a :class:`ShardingPlanError`) when the tables of a run cannot be placed on
-    ``world_size`` processes in ``run.model.sharding``'s memory with its allowed types: the
-    planner's dry run, once per distinct model and table size, before any folder is touched."""
+    ``world_size`` processes (``local_world_size`` per machine) in ``run.model.sharding``'s
+    memory with its allowed types: the planner's dry run, once per distinct model and table
+    size, before any folder is touched."""
     from recsys_onpolicy.model import check_plan
     from recsys_onpolicy.regimes.base_policy import table_ids
     from recsys_onpolicy.sharding import ShardingPlanError
@@ -292,25 +294,26 @@ def check_tables(tasks: list[RunTask], world_size: int, source: str = "") -> Non
             continue
         seen.add(key)
         try:
-            check_plan(cfg.model, *ids, world_size)
+            check_plan(cfg.model, *ids, world_size, local_world_size)
         except ShardingPlanError as err:
+            regime = task.label.split("@")[0]  # the label carries "@variant" when there are some
             where = f"variant {task.variant}, " if task.variant != "base" else ""
-            raise ShardingPlanError(f"{source}{where}regime {task.label}: {err}") from None
+            raise ShardingPlanError(f"{source}{where}regime {regime}: {err}") from None
 
 
 def validate_experiment(data: dict, source: str = "",
-                        world_size: int | None = None) -> RecsysExperiment | dict:
+                        processes: tuple[int, int] | None = None) -> RecsysExperiment | dict:
     """A validated recsys experiment, or (for llm) the data after the llm side's validation.
 
-    With ``world_size`` (the processes the runs will use), the embedding tables of every
-    variant x regime are also planned for that many processes (:func:`check_tables`)."""
+    With ``processes`` = (in all, per machine) that the runs will use, the embedding tables of
+    every variant x regime are also planned for them (:func:`check_tables`)."""
     if data.get("domain", "recsys") == "recsys":
         exp = validate(RecsysExperiment, data, source=source)
         tasks = expand(exp, Path("."))  # every variant x regime validates before any folder
         require_device("run.model.device", exp.run.model.device, source)
         require_device("run.world.device", exp.run.world.device, source)
-        if world_size is not None:
-            check_tables(tasks, world_size, source)
+        if processes is not None:
+            check_tables(tasks, *processes, source=source)
         return exp
     module, _ = LLM_RUNNERS[data["experiment"]].split(":")
     importlib.import_module(module).validate_experiment(data, source)

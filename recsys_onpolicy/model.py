@@ -544,15 +544,17 @@ def build_scorer(
 
 
 def check_plan(cfg: ModelConfig, n_users: int, n_items: int, n_topics: int,
-               world_size: int) -> None:
-    """Plan the tables for ``world_size`` processes without a process group or any memory (a
+               world_size: int, local_world_size: int | None = None) -> None:
+    """Plan the tables for ``world_size`` processes (``local_world_size`` per machine; default:
+    torchrun's ``LOCAL_WORLD_SIZE``, else all on one) without a process group or any memory (a
     dry run of what :class:`TrainableScorer` plans): raises :class:`ShardingPlanError` where
     building the model would, so that a config is refused before a run starts."""
     scorer = Scorer(cfg, n_users, n_items, n_topics, torch.device("meta"))
     sharder = EmbeddingBagCollectionSharder(
         fused_params=fused_params(cfg.sparse_optimizer, cfg.sparse_lr, cfg.sparse_eps))
     plan_tables(scorer.ebc, sharder, cfg.sharding, cfg.sparse_optimizer,
-                resolve_device(cfg.device), world_size=world_size)
+                resolve_device(cfg.device), world_size=world_size,
+                local_world_size=local_world_size)
 
 
 def _plain_scorer(cfg: ModelConfig, n_users: int, n_items: int, n_topics: int,
@@ -855,10 +857,11 @@ def _check_entries(live: dict, saved: dict[str, torch.Tensor], where: str) -> No
     shapes: a sharded entry counts as the tensor it is a part of)."""
     _check_keys(live, saved, where)
     for k, v in live.items():
-        if tuple(saved[k].shape) != tuple(_quiet(v.size)):  # a ShardedTensor warns
+        size = tuple(_quiet(v.size))  # a ShardedTensor warns
+        if tuple(saved[k].shape) != size:
             raise ValueError(
                 f"{where}.{k}: saved shape {tuple(saved[k].shape)} != model shape "
-                f"{tuple(v.size())} (another ModelConfig or world size, or column-wise "
+                f"{size} (another ModelConfig or world size, or column-wise "
                 "row-wise-Adagrad state saved under another sharding plan?)"
             )
 

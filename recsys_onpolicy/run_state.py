@@ -19,7 +19,7 @@ import torch
 from simulators.atomic import atomic_write
 from simulators.config import WorldConfig
 from simulators.rng import make_generator
-from simulators.typed_config import ConfigError
+from simulators.typed_config import ConfigError, first_line
 from simulators.world import Items, Users, World
 
 
@@ -97,12 +97,6 @@ def save_atomic(obj, path: str | Path) -> Path:
     return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def _first_line(err: Exception, limit: int = 160) -> str:
-    """The first line of an error message, cut at a word boundary with an ellipsis if long."""
-    line = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
-    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
-
-
 def load_state(path: str | Path) -> dict:
     """Read a file written by :func:`save_atomic` (``weights_only=True``, on the CPU); a file
     that cannot be read (truncated, overwritten by something else) raises ConfigError."""
@@ -110,6 +104,6 @@ def load_state(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise ConfigError(
-            f"{path} cannot be read ({type(err).__name__}: {_first_line(err)}); it "
+            f"{path} cannot be read ({type(err).__name__}: {first_line(err)}); it "
             "was damaged or replaced: delete it to start that part again, or use a new --out"
         ) from None

@@ -49,7 +49,7 @@ from torchrec.distributed.planner.types import (
 from torchrec.distributed.types import EmbeddingModuleShardingPlan
 from torchrec.optim import RowWiseAdagrad
 
-from simulators.typed_config import ConfigError, StrictModel
+from simulators.typed_config import ConfigError, StrictModel, first_line
 
 ShardingTypeName = Literal["table_wise", "column_wise", "row_wise", "table_row_wise"]
 CUDA_ONLY = ("row_wise", "table_row_wise")
@@ -214,7 +214,7 @@ def plan_tables(
                 plan = planner.collective_plan(ebc, [sharder], pg)
     except PlannerError as err:
         raise _memory_error(ebc, sparse_optimizer, per_rank, world, types,
-                            f"torchrec's planner found no placement ({_first_line(err)})") from err
+                            f"torchrec's planner found no placement ({first_line(err)})") from err
     module_plan = plan.plan[""]
     check_ranks(ebc, module_plan, sparse_optimizer, per_rank, world, types)
     return module_plan
@@ -259,10 +259,6 @@ def _min_partition(cfg: ShardingConfig, dim: int, world: int) -> int:
     if cfg.min_column_shard_dim is not None:
         return cfg.min_column_shard_dim
     return max(4, dim // world // 4 * 4)
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def describe_plan(plan: EmbeddingModuleShardingPlan) -> dict[str, list[tuple[int, list, list]]]:

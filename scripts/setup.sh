@@ -21,6 +21,14 @@ TORCH_DEFAULT=2.13.0
 die() { echo "setup: $*" >&2; exit 1; }
 py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; }
 plan() { "$VENV/bin/python" scripts/setup_plan.py; }
+read_plan() {  # the plan's keys as shell variables (a Python killed by importing torch says so)
+  local out status=0
+  out=$(plan) || status=$?
+  TORCH=
+  eval "$out"
+  [ -n "$TORCH" ] || die "importing torch in $VENV stopped Python (exit status $status): that" \
+    "torch is broken. Remove $VENV and run 'make setup' again."
+}
 
 HASH=$(cat scripts/setup.sh scripts/setup_plan.py pyproject.toml | sha256sum | cut -c1-16)
 STAMP="$VENV/.setup-$HASH"
@@ -45,7 +53,7 @@ fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 
 # 1. torch: keep the one in the venv, else install the default pin.
-eval "$(plan)"
+read_plan
 if [ "$TORCH" = missing ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     "${PIP[@]}" "torch==$TORCH_DEFAULT"  # PyPI's CUDA build
@@ -62,7 +70,7 @@ if [ "$TORCH" = missing ]; then
       "${PIP[@]}" "torch==$TORCH_DEFAULT" --index-url https://download.pytorch.org/whl/cpu
     fi
   fi
-  eval "$(plan)"
+  read_plan
 fi
 case "$TORCH" in
   ok) ;;
@@ -87,7 +95,7 @@ fi
 # 3. the project (editable) and its dev tools; torch is already satisfied, so nothing is upgraded.
 "${PIP[@]}" -e ".[dev]" "torch==$TORCH_BASE"
 
-eval "$(plan)"
+read_plan
 [ "$READY" = 1 ] || die "after installing, torchrec/fbgemm still do not match torch $TORCH_VER" \
   "($TORCHREC, $FBGEMM): remove $VENV and run 'make setup' again."
 "$VENV/bin/python" -c "import torchrec, fbgemm_gpu, recsys_onpolicy" \

@@ -26,6 +26,14 @@ class ConfigError(ValueError):
     """A config file or value is wrong; the message names the field, the value and the fix."""
 
 
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of an error's message for a one-line report (the error's type when it
+    has none), cut at a word boundary with " ..." past ``limit`` characters."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 class StrictModel(BaseModel):
     """Base for all configs: no unknown keys, immutable, field docstrings kept.
 

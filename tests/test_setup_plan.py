@@ -69,3 +69,5 @@ def test_plan_of_this_environment_is_ready():
     assert keys["TORCH"] == "ok" and keys["READY"] == "1"
     assert keys["VARIANT"] == ("cpu" if torch.version.cuda is None else "cuda")
     assert keys["TORCHREC"] == f"torchrec=={setup_plan.series(torch.__version__)}.*"
+    fbgemm, index, other = setup_plan.fbgemm_requirement(torch.__version__, torch.version.cuda)
+    assert (keys["FBGEMM"], keys["FBGEMM_INDEX"], keys["FBGEMM_OTHER"]) == (fbgemm, index, other)

@@ -114,15 +114,16 @@ def test_restore_generators_needs_every_name():
 
 
 def test_a_damaged_state_file_is_named_with_the_cause_cut_at_a_word(tmp_path):
-    from recsys_onpolicy.run_state import _first_line, load_state
-    from simulators.typed_config import ConfigError
+    from recsys_onpolicy.run_state import load_state
+    from simulators.typed_config import ConfigError, first_line
 
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"PK\x03\x04 not a checkpoint")
     with pytest.raises(ConfigError, match="checkpoint.pt cannot be read"):
         load_state(path)
     long = ValueError("first " + "wordy " * 60 + "\nsecond line")
-    cut = _first_line(long)
+    cut = first_line(long)
     assert cut.endswith(" ...") and len(cut) <= 164 and "second" not in cut
     assert all(w in ("first", "wordy", "...") for w in cut.split())  # no word cut in two
-    assert _first_line(ValueError("short")) == "short"
+    assert first_line(ValueError("short")) == "short"
+    assert first_line(KeyError()) == "KeyError"  # no message: the type

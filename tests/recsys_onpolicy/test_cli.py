@@ -469,6 +469,23 @@ def test_a_sharding_plan_that_cannot_work_is_refused_before_the_run(args, words,
     assert not (tmp_path / "out").exists()
 
 
+def test_the_dry_run_plans_for_the_processes_the_run_will_have(monkeypatch):
+    """--nproc per machine (x nnodes from code), or torchrun's own counts inside a worker;
+    WORLD_SIZE alone is not a torchrun worker."""
+    import argparse
+
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert cli._processes(argparse.Namespace(nproc=1)) == (1, 1)
+    assert cli._processes(argparse.Namespace(nproc=2, nnodes=2)) == (4, 2)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert cli._processes(argparse.Namespace(nproc=2)) == (2, 2)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert cli._processes(argparse.Namespace(nproc=1)) == (8, 4)
+
+
 def test_resume_with_an_empty_config_is_named(finished, tmp_path, capsys):
     config, done, _ = finished
     out = copy_of(done, tmp_path)
