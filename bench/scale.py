@@ -33,10 +33,15 @@ than wall time), ``probe_s`` (median wall time of one day's probes, part of ``da
 sampling the served slates (CPU only), ``simulate`` = the rest of the simulated day, ``train``,
 ``write_logs``, ``checkpoint``, ``probe``, ``other``; :class:`PhaseClock`),
 ``projected_wall_s`` / ``projected_cpu_s`` (a ``full`` figure run with fewer ``--days``:
-warm-up + 30 x the median day), ``requests_per_s`` and ``impressions_per_s`` (served requests /
-impressions of the experiment days over their wall time), ``peak_rss_gib``, the settings, and
+warm-up + N x the median day, N = the figure's days, 30 or 2 with ``--quick``; a day includes the
+previous day's checkpoint, so the projection leaves out the last one, about 2 s at full size, and
+with ``--days 1`` its one day is the first, in most runs the slowest), ``requests_per_s`` and
+``impressions_per_s`` (served requests / impressions of the experiment days over their wall
+time; under ``--nproc`` the whole day's requests), ``peak_rss_gib``, the settings, and
 ``load_avg_1m`` before and after (the machine is shared: numbers are only comparable at similar
-load).
+load). Under ``--nproc`` the CPU-second fields are rank 0's; ``peak_rss_gib_total`` sums the
+ranks' peaks (an upper bound: they need not coincide). A figure that fails has ``error`` (how the
+child ended and the exception it raised) and ``stderr_tail``.
 
 Probes: by default the loop's own expected-clicks probe (cheap); ``--probes daily`` runs every
 family of :class:`recsys_onpolicy.probes.DailyProbes` at the default ``ProbeConfig`` sizes
@@ -63,6 +68,7 @@ import itertools
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import signal
@@ -76,11 +82,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from recsys_onpolicy.cli import positive
+
 GIB = 1024**3
-HUGETLB = "glibc.malloc.hugetlb=1"
+HUGETLB = "glibc.malloc.hugetlb=1"  # large allocations on huge pages (as bench/simulator.py)
 # OpenMP threads spin this many iterations before they sleep (PASSIVE alone: none, so the second
 # thread was woken for every op): +30% GRPO training throughput with 2 threads, measured
-SPINCOUNT = "100000"  # large allocations on huge pages (as bench/simulator.py)
+SPINCOUNT = "100000"
 FULL = {"users": 1_000_000, "items": 100_000, "days": 30}
 GPU_USERS = 10_000_000
 SCALING_USERS = [10_000, 30_000, 100_000, 300_000, 1_000_000]
@@ -287,7 +295,8 @@ def spawn(spec: dict, timeout: float | None) -> dict:
                 stdout, stderr = child.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
                 stop(child)
-                return {**record, "error": f"timed out after {timeout} s"}
+                return {**record, "load_avg_1m_after": load_avg(),
+                        "error": f"timed out after {timeout} s"}
             except BaseException:  # Ctrl-C reaches only this process: the child has its own
                 stop(child)  # session
                 raise
@@ -295,8 +304,26 @@ def spawn(spec: dict, timeout: float | None) -> dict:
         shutil.rmtree(out, ignore_errors=True)
     record.update(load_avg_1m_after=load_avg())
     if child.returncode != 0:
-        return {**record, "error": stderr.strip().splitlines()[-1:]}
-    return {**record, **json.loads(stdout.strip().splitlines()[-1])}
+        return {**record, **failure(child.returncode, stderr)}
+    lines = stdout.strip().splitlines()
+    if not lines:
+        return {**record, **failure(child.returncode, stderr, "printed no record")}
+    return {**record, **json.loads(lines[-1])}
+
+
+def failure(returncode: int, stderr: str, what: str | None = None) -> dict:
+    """``error`` (one line: how the child ended and the exception it raised, the last line of
+    stderr that names one; under torchrun a rank's, not torchrun's ChildFailedError) and
+    ``stderr_tail`` (its last 20 non-empty lines) of a figure that failed."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if what is None:
+        what = (f"killed by {signal.Signals(-returncode).name}" if returncode < 0
+                else f"exit status {returncode}")
+    raised = [line.strip() for line in lines  # torchrun's own summary names no cause
+              if re.match(r"\s*(\[rank\d+\]:\s*)?[\w.]*(Error|Exception|Interrupt|Exit)\b", line)
+              and "ChildFailedError" not in line]
+    exc = raised[-1] if raised else None
+    return {"error": what + (f": {exc}" if exc else ""), "stderr_tail": lines[-20:]}
 
 
 def stop(child: subprocess.Popen, grace: float = 30.0) -> None:
@@ -394,6 +421,7 @@ def bench_scaling(args: argparse.Namespace) -> None:
                       "largest (fixed per-day costs flatten the small end); 1 = linear"})
 
 
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
@@ -403,12 +431,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="figures to run (repeatable; default: all three)")
     p.add_argument("--regimes", nargs="+", default=["supervised_daily", "grpo"],
                    help="regimes of the full and GPU figures")
-    p.add_argument("--days", type=int, help="experiment days (default 30; scaling 2)")
-    p.add_argument("--users", type=int, nargs="+", help="scaling: user counts")
+    p.add_argument("--days", type=positive, help="experiment days (default 30; scaling 2)")
+    p.add_argument("--users", type=positive, nargs="+", help="scaling: user counts")
     p.add_argument("--warmup-days", type=int, default=1, help="warm-up days before day 0")
     p.add_argument("--device", default="cpu", help="scaling: cpu | cuda | auto")
-    p.add_argument("--threads", type=int, help="torch threads in the children")
-    p.add_argument("--nproc", type=int, default=1,
+    p.add_argument("--threads", type=positive, help="torch threads in the children")
+    p.add_argument("--nproc", type=positive, default=1,
                    help="processes per figure (torchrun, sharded tables); default 1")
     p.add_argument("--sharding", nargs="+", choices=["table_wise", "column_wise", "row_wise",
                                                       "table_row_wise"],

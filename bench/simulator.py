@@ -4,7 +4,8 @@ A user-step is one request served end to end: candidate retrieval (C items), the
 the choice model's clicks and true probabilities, the state updates (history, popularity,
 interest evolution, ...) and the day's log; the end-of-day dynamics are included in the time.
 
-Worlds: the RecSim-equivalent preset (one-hot topics, quality, MNL with no-click, C=100, K=10;
+Worlds: the RecSim-equivalent preset (one-hot topics, quality, RecSim's proportional choice
+with a no-click option, C=100, K=10;
 compare with RecSim's interest-evolution environment, 1,300-1,600 steps/s on one core) and the
 default latent-factor world, at 10^5 users, on CPU and on CUDA when present.
 
@@ -51,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from recsys_onpolicy.cli import positive
 from simulators import presets
 from simulators.day import _prefetch_default, simulate_day
 from simulators.policies import fixed_positions_policy, uniform_random_policy
@@ -112,13 +114,18 @@ def measure(world_name: str, device: str, policy_name: str, users: int, days: in
     }
 
 
+DEFAULT = {"users": 100_000, "days": 5, "warmup_days": 2}
+QUICK = {"users": 20_000, "days": 2, "warmup_days": 1}
+
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--users", type=int, default=100_000, help="users in the world (default 1e5)")
-    p.add_argument("--days", type=int, default=5, help="timed days (default 5)")
-    p.add_argument("--warmup-days", type=int, default=2,
-                   help="untimed days before them (default 2: see the module docstring)")
-    p.add_argument("--batch-size", type=int, default=8192, help="requests per served batch")
+    p.add_argument("--users", type=positive, help="users in the world (default 1e5; --quick 2e4)")
+    p.add_argument("--days", type=positive, help="timed days (default 5; --quick 2)")
+    p.add_argument("--warmup-days", type=int,
+                   help="untimed days before them (default 2, --quick 1: see the module docstring)")
+    p.add_argument("--batch-size", type=positive, default=8192, help="requests per served batch")
     p.add_argument("--device", default="all", help="cpu, cuda, or all (cpu + cuda when present)")
     p.add_argument("--world", default="all", choices=["all", *WORLDS])
     p.add_argument("--policy", default="all", choices=["all", "fixed_positions", "uniform_random"])
@@ -126,13 +133,21 @@ def main(argv: list[str] | None = None) -> None:
                    help="torch intra-op threads (default 1; 0: torch's default)")
     p.add_argument("--prefetch", default="auto", choices=["auto", "on", "off"],
                    help="requests prepared in a second thread (auto: the simulator's default)")
-    p.add_argument("--quick", action="store_true", help="2*10^4 users, 1 warm-up + 2 timed days")
+    p.add_argument("--quick", action="store_true",
+                   help="2*10^4 users, 1 warm-up + 2 timed days (explicit sizes still win)")
     p.add_argument("--no-reexec", action="store_true",
                    help=f"keep the environment (no GLIBC_TUNABLES={_HUGETLB}, no "
                         "OMP_WAIT_POLICY=PASSIVE)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.users, args.days, args.warmup_days = 20_000, 2, 1
+    sizes = QUICK if args.quick else DEFAULT
+    for key, value in sizes.items():  # what the command line gave wins over both
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.warmup_days < 0:
+        p.error(f"argument --warmup-days: {args.warmup_days}: must be >= 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"argument --device: {args.device} but no CUDA device is available; use cpu "
+                "(or all: cpu, plus cuda when present)")
     prefetch = {"auto": None, "on": True, "off": False}[args.prefetch]
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if not d.startswith("cuda") or torch.cuda.is_available()]

@@ -35,6 +35,7 @@ import time
 
 import torch
 
+from recsys_onpolicy.cli import positive
 from recsys_onpolicy.model import ModelConfig, TrainableScorer, resolve_device
 from recsys_onpolicy.objectives import pointwise_bce
 
@@ -87,7 +88,7 @@ def bench_supervised(args: argparse.Namespace) -> dict:
         "users": args.users, "items": args.items, "dim": args.dim, "head_dtype": args.head_dtype,
         "batch_impressions": requests * args.slate, "slate": args.slate,
         "history": args.history, "steps": args.steps, "threads": torch.get_num_threads(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2), **process_settings(),
         "impressions_per_s": round(impressions / elapsed, 1),
         # Process CPU time (all threads): robust to other processes only with --threads 1,
         # where it estimates the unloaded one-core rate.
@@ -151,10 +152,17 @@ def bench_grpo(args: argparse.Namespace) -> dict | None:
         "batch_requests": b, "candidates": args.candidates, "group_size": args.group_size,
         "slate": args.slate, "history": args.history, "steps": args.steps,
         "threads": torch.get_num_threads(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        **process_settings(),
         "requests_per_s": round(requests / elapsed, 1),
         "slates_per_s": round(requests * args.group_size / elapsed, 1),
         "requests_per_cpu_s": round(requests / cpu, 1),
     }
+
+
+def process_settings() -> dict:
+    """The environment settings that move these numbers (see the module docstring)."""
+    return {k.lower(): os.environ.get(k) for k in
+            ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "GLIBC_TUNABLES")}
 
 
 def _sync(device: torch.device) -> None:
@@ -164,15 +172,15 @@ def _sync(device: torch.device) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--users", type=int, default=1_000_000)
-    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--users", type=positive, help="default 1e6 (--quick 1e4)")
+    p.add_argument("--items", type=positive, help="default 1e5 (--quick 2,000)")
     p.add_argument("--topics", type=int, default=50)
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--slate", type=int, default=10, help="impressions K per request")
     p.add_argument("--history", type=int, default=20, help="history length H")
     p.add_argument("--batch-impressions", type=int, default=8192)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=positive, help="timed steps (default 50; --quick 5)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 5; --quick 2)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--head-dtype", default="float32", choices=["float32", "bfloat16"],
                    help="ModelConfig.head_dtype: the dense head's compute dtype")
@@ -182,10 +190,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--regime", choices=["supervised_daily", "grpo"], action="append",
                    help="figures to run (repeatable; default: both)")
-    p.add_argument("--quick", action="store_true", help="small model and few steps (seconds)")
+    p.add_argument("--quick", action="store_true",
+                   help="small model and few steps (seconds); explicit sizes still win")
     args = p.parse_args(argv)
-    if args.quick:
-        args.users, args.items, args.steps, args.warmup = 10_000, 2_000, 5, 2
+    sizes = ({"users": 10_000, "items": 2_000, "steps": 5, "warmup": 2} if args.quick else
+             {"users": 1_000_000, "items": 100_000, "steps": 50, "warmup": 5})
+    for key, value in sizes.items():  # what the command line gave wins over both
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.warmup < 0:
+        p.error(f"argument --warmup: {args.warmup}: must be >= 0")
     return args
 
 

@@ -31,16 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an experiment config (all regimes x seeds), then report")
     _config_args(run)
-    run.add_argument("--seeds", type=_positive, help="number of seeds (overrides the config)")
-    run.add_argument("--jobs", type=_positive, help="parallel processes (default: one per core)")
-    run.add_argument("--nproc", type=_positive, default=1,
+    run.add_argument("--seeds", type=positive, help="number of seeds (overrides the config)")
+    run.add_argument("--jobs", type=positive, help="parallel processes (default: one per core)")
+    run.add_argument("--nproc", type=positive, default=1,
                      help="processes per run under torchrun (sharded tables; default 1)")
 
     sweep = sub.add_parser("sweep", help="optuna learning-rate sweep of a config's 'sweep' section")
     _config_args(sweep)
     sweep.add_argument("--storage", help="optuna RDB storage URL shared by several machines "
                        "(default: sqlite:///OUT/sweep.db)")
-    sweep.add_argument("--trials", type=_positive, help="trials per regime (overrides the config)")
+    sweep.add_argument("--trials", type=positive, help="trials per regime (overrides the config)")
 
     rep = sub.add_parser("report", help="(re)write RUN_DIR/report.html and print the table")
     rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -63,7 +63,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
+    """argparse type: a whole number >= 1 (also used by the bench/ scripts)."""
     try:
         value = int(text)
     except ValueError:

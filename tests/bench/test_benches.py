@@ -135,3 +135,40 @@ def test_phase_clock_counts_each_second_once_for_the_innermost_phase(scale, monk
     days = [{"serve": 2.0, "train": 5.0}, {"serve": 4.0}, {"serve": 3.0, "train": 1.0}]
     out = scale.phase_medians(days, [8.0, 5.0, 4.0])
     assert out == {"serve": 3.0, "train": 1.0, "other": 1.0}  # other: 8-7, 5-4, 4-4
+
+
+def test_a_failed_figure_names_how_it_ended_and_the_exception(scale):
+    pydantic = ("Traceback (most recent call last):\n  File \"x\", line 1\n"
+                "pydantic_core._pydantic_core.ValidationError: 1 validation error for Config\n"
+                "days\n  Input should be greater than 0\n"
+                "    For further information visit https://errors.pydantic.dev/2/v\n")
+    rec = scale.failure(1, pydantic)
+    assert rec["error"] == ("exit status 1: pydantic_core._pydantic_core.ValidationError: "
+                            "1 validation error for Config")
+    assert rec["stderr_tail"][-1].strip().startswith("For further information")
+    torchrun = ("[rank1]: Traceback (most recent call last):\n[rank1]: RuntimeError: boom\n"
+                "=====\ntorch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n")
+    assert scale.failure(1, torchrun)["error"] == "exit status 1: [rank1]: RuntimeError: boom"
+    assert scale.failure(-9, "")["error"] == "killed by SIGKILL"  # e.g. the OOM killer
+    assert scale.failure(0, "", "printed no record")["error"] == "printed no record"
+
+
+@pytest.mark.parametrize("script, args", [
+    ("scale", ["--case", "scaling", "--days", "0"]),
+    ("scale", ["--nproc", "0"]),
+    ("simulator", ["--days", "0"]),
+    ("train", ["--steps", "0"]),
+])
+def test_sizes_below_one_are_refused_not_replaced(script, args, capsys):
+    mod = load(script)
+    entry = getattr(mod, "parse", None) or getattr(mod, "parse_args", None) or mod.main
+    with pytest.raises(SystemExit) as exit_:
+        entry(args)
+    assert exit_.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_explicit_sizes_win_over_quick():
+    args = load("train").parse_args(["--quick", "--users", "50000", "--steps", "20"])
+    assert (args.users, args.items, args.steps, args.warmup) == (50_000, 2_000, 20, 2)
+    args = load("train").parse_args([])
+    assert (args.users, args.items, args.steps, args.warmup) == (1_000_000, 100_000, 50, 5)
