@@ -172,3 +172,22 @@ def test_explicit_sizes_win_over_quick():
     assert (args.users, args.items, args.steps, args.warmup) == (50_000, 2_000, 20, 2)
     args = load("train").parse_args([])
     assert (args.users, args.items, args.steps, args.warmup) == (1_000_000, 100_000, 50, 5)
+
+
+def test_a_records_rates_follow_from_its_own_raw_fields(scale, capsys):
+    """3 days (so a median differs from a mean): day_s is the median day, the rates divide the
+    experiment days' requests by the experiment days' wall time, impressions are K = 10 per
+    request (the default latent world), and the RSS total sums the ranks."""
+    import statistics
+
+    scale.main(["--case", "scaling", "--users", "1000", "--days", "3", "--no-logs",
+                "--threads", "1"])
+    r = next(json.loads(x) for x in capsys.readouterr().out.splitlines()
+             if json.loads(x).get("case") == "scaling")
+    assert "error" not in r, r
+    days = r["day_s_all"]
+    assert len(days) == 3 and r["day_s"] == pytest.approx(statistics.median(days), abs=1e-3)
+    assert r["requests_per_s"] == pytest.approx(3 * r["requests_per_day"] / sum(days), rel=2e-3)
+    assert r["impressions_per_s"] == pytest.approx(10 * r["requests_per_s"], rel=1e-3)
+    assert r["peak_rss_gib_total"] == pytest.approx(sum(r["peak_rss_gib_per_rank"]), abs=1e-3)
+    assert r["wall_s"] >= r["warmup_s"] + sum(days) - 0.05
