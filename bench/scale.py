@@ -421,7 +421,6 @@ def bench_scaling(args: argparse.Namespace) -> None:
                       "largest (fixed per-day costs flatten the small end); 1 = linear"})
 
 
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",

@@ -118,7 +118,6 @@ DEFAULT = {"users": 100_000, "days": 5, "warmup_days": 2}
 QUICK = {"users": 20_000, "days": 2, "warmup_days": 1}
 
 
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=positive, help="users in the world (default 1e5; --quick 2e4)")
