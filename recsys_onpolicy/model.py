@@ -125,9 +125,9 @@ class ModelConfig(StrictModel):
     """Compute dtype of the dense head's matrix products. 'bfloat16' runs them under
     ``torch.autocast`` (mixed precision): parameters, optimizer state, embedding tables and
     the returned logits stay float32, only the products and the activations between them are
-    rounded to bfloat16 (8-bit mantissa). Faster where the hardware has bfloat16 units (GPUs,
-    CPUs with AVX512-BF16 or AMX; emulated, and slower, elsewhere): see the README's benchmark
-    section for the measured gain. Not bit-comparable with a float32 run of the same seed."""
+    rounded to bfloat16 (8-bit mantissa). Measured faster on a CPU with AVX512-BF16 (the
+    README's benchmark section); on hardware without bfloat16 units it may be slower (not
+    measured here). Not bit-comparable with a float32 run of the same seed."""
     embedding_init_std: float = Field(default=0.05, gt=0.0, le=1.0)
     """Embedding rows start as N(0, std^2)."""
     sparse_optimizer: SparseOptimizer = "rowwise_adagrad"
