@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import yaml
 
-from simulators.typed_config import ConfigError
+from simulators.typed_config import ConfigError, yaml_problem
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -25,7 +25,8 @@ def parse_override(text: str) -> tuple[list[str], object]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {err}") from None
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {yaml_problem(err)}"
+                          ) from None
     return path, value
 
 

@@ -34,6 +34,17 @@ def first_line(err: BaseException, limit: int = 160) -> str:
     return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line parse error as one line: what is wrong and where (line and column,
+    1-based), e.g. "expected ',' or ']', but got '<stream end>' (line 1, column 7)"."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if not problem:
+        return " ".join(str(err).split()) or type(err).__name__
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 class StrictModel(BaseModel):
     """Base for all configs: no unknown keys, immutable, field docstrings kept.
 
@@ -171,7 +182,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{p}: not a UTF-8 text file ({err.reason} at byte {err.start}): save "
                           "it as UTF-8") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        raise ConfigError(f"{p}: not valid YAML: {yaml_problem(err)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

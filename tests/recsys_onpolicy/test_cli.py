@@ -280,8 +280,18 @@ def test_bad_set_syntax(override, expected, tmp_path, capsys):
     config = write_config(tmp_path)
     out = tmp_path / "out"
     assert run_cli("run", config, "--set", override, "--out", out) == 2
-    assert expected in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1, err  # one line, not PyYAML's multi-line report
     assert not out.exists()
+
+
+def test_bad_set_yaml_says_where(tmp_path, capsys):
+    assert run_cli("run", write_config(tmp_path), "--set", "run.days=[1, 2",
+                   "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("not valid YAML: expected ',' or ']', but got '<stream end>' "
+                        "(line 1, column 6)"), err
 
 
 @pytest.mark.parametrize("override,path", [

@@ -119,10 +119,15 @@ def test_hashed_users_share_a_row():
 HEAD_CASES = [(4, 8192), (12, 8192), (4, 20), (12, 20)]
 
 
+def chunk_table(rows: int) -> dict[str, int]:
+    """HEAD_CHUNK_ROWS with ``rows`` for every head dtype."""
+    return dict.fromkeys(model_module.HEAD_CHUNK_ROWS, rows)
+
+
 @pytest.mark.parametrize("history_bag", [True, False])
 @pytest.mark.parametrize("c, chunk_rows", HEAD_CASES)
 def test_forward_matches_hand_written_head(c, chunk_rows, history_bag, monkeypatch):
-    monkeypatch.setattr(model_module, "HEAD_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(model_module, "HEAD_CHUNK_ROWS", chunk_table(chunk_rows))
     cfg = CPU.model_copy(update={"history_bag": history_bag})
     scorer = build_scorer(cfg, U, I, T, torch.Generator().manual_seed(0))
     x = batch(torch.Generator().manual_seed(1), b=7, c=c)
@@ -138,7 +143,7 @@ def test_gradients_match_hand_written_head(c, chunk_rows, monkeypatch):
     """Every parameter's gradient (tables included: a plain Scorer has dense table grads)
     equals autograd through the hand-written head, through the regrouped first layer, the
     chunks and SplitPooled's backward."""
-    monkeypatch.setattr(model_module, "HEAD_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(model_module, "HEAD_CHUNK_ROWS", chunk_table(chunk_rows))
     scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
     x = batch(torch.Generator().manual_seed(1), b=7, c=c)
     weights = torch.randn(7, c, generator=torch.Generator().manual_seed(2))
@@ -162,7 +167,7 @@ def test_bfloat16_head_rounds_only_the_head(c, chunk_rows, monkeypatch):
     """head_dtype = bfloat16: the logits (float32) are the float32 head's up to bfloat16
     rounding, and really rounded (the knob is on); every gradient is close to the float32
     head's, tables included."""
-    monkeypatch.setattr(model_module, "HEAD_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(model_module, "HEAD_CHUNK_ROWS", chunk_table(chunk_rows))
     x = batch(torch.Generator().manual_seed(1), b=7, c=c)
     weights = torch.randn(7, c, generator=torch.Generator().manual_seed(2))
     out, grads = {}, {}
@@ -179,6 +184,21 @@ def test_bfloat16_head_rounds_only_the_head(c, chunk_rows, monkeypatch):
     for n, g in grads["fp32"].items():
         torch.testing.assert_close(grads["bf16"][n], g, rtol=0.05,
                                    atol=0.03 * g.abs().max().item(), msg=n)
+
+
+@pytest.mark.parametrize("dtype, calls", [("float32", 7), ("bfloat16", 3)])
+def test_head_chunks_follow_the_head_dtype(dtype, calls, monkeypatch):
+    """Each head dtype has its own chunk size: 7 requests of 12 candidates go through the
+    head one request at a time with 20 rows a chunk, three at a time with 40."""
+    monkeypatch.setattr(model_module, "HEAD_CHUNK_ROWS", {"float32": 20, "bfloat16": 40})
+    scorer = build_scorer(CPU.model_copy(update={"head_dtype": dtype}), U, I, T,
+                          torch.Generator().manual_seed(0))
+    seen = []
+    head = scorer.head
+    monkeypatch.setattr(scorer, "head", lambda u, it: seen.append(u.shape[0]) or head(u, it))
+    with torch.no_grad():
+        scorer(*batch(torch.Generator().manual_seed(1), b=7, c=12))
+    assert len(seen) == calls and sum(seen) == 7
 
 
 def test_bfloat16_head_runs_under_the_trainer_and_trains():

@@ -42,9 +42,12 @@ def test_load_model_missing_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_model(Outer, tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("n: [1,\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    bad.write_text("n: 1\nm: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
         load_model(Outer, bad)
+    # one line naming the file, what is wrong and where (PyYAML's own report spans several)
+    assert str(err.value) == (f"{bad}: not valid YAML: expected the node content, but found "
+                              "'<stream end>' (line 3, column 1)")
     lst = tmp_path / "list.yaml"
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
