@@ -96,7 +96,9 @@ TABLES = ("user", "item", "topic")
 # float32: about 2 MB of (rows, W=64) activations, which stay in a core's L2 cache. bfloat16:
 # 4x that, measured on the 2-core machine (`bench/train.py --regime grpo --head-dtype bfloat16`,
 # 2 threads, alternated): 11.8-12.5k requests/s against 10.8-11.4k at 8192 (4 of 4 pairs);
-# the same with 1 thread. Float32 showed no consistent gain at 32768.
+# the same with 1 thread. In a full-size grpo day the training phase moved less, 52.4 s to
+# 51.6-51.8 s (one run before, two after: within day-to-day noise). Float32 showed no
+# consistent gain at 32768.
 HEAD_CHUNK_ROWS = {"float32": 8192, "bfloat16": 32768}
 # Candidate rows per call of the model when scoring without grad (TrainableScorer.score).
 SCORE_CHUNK_ROWS = 51_200
