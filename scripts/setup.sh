@@ -4,8 +4,8 @@
 # installed torchrec / fbgemm still match the torch in the venv.
 #
 # torch -> torchrec/fbgemm series and the fbgemm variant: scripts/setup_plan.py (2.11 -> 1.6,
-# 2.12 -> 1.7, 2.13 -> 1.8, 2.14 -> 1.9; fbgemm-gpu-cpu for a CPU torch, fbgemm-gpu from torch's
-# own index for a CUDA torch). A torch already in the venv is kept; without one, torch 2.13.0 is
+# 2.12 -> 1.7, 2.13 -> 1.8, 2.14 -> 1.9; fbgemm-gpu-cpu for a CPU torch or a CUDA torch that
+# cannot use CUDA here, fbgemm-gpu from PyTorch's index for its CUDA version, else PyPI's). A torch already in the venv is kept; without one, torch 2.13.0 is
 # installed: PyPI's CUDA build where `nvidia-smi -L` lists a GPU, else the CPU build (a local
 # wheel where pip's configuration offers one, else PyTorch's CPU index).
 # torchrec declares fbgemm-gpu (the CUDA build) as a requirement, so it is installed with
@@ -82,13 +82,24 @@ esac
 
 # 2. the matching fbgemm (the other variant removed first: both own the fbgemm_gpu package),
 #    torchrec without its declared deps, and what torchrec really needs.
-INDEX=()
-[ -n "$FBGEMM_INDEX" ] && INDEX=(--index-url "$FBGEMM_INDEX")
+[ -z "$NOTE" ] || echo "setup: $NOTE" >&2
+pip_fbgemm() {  # pip install "$@" from the fbgemm's index; PyPI's build where that index fails
+  [ -n "$FBGEMM_INDEX" ] || { "${PIP[@]}" "$@"; return; }
+  "${PIP[@]}" "$@" --index-url "$FBGEMM_INDEX" && return
+  # PyPI's torch reports a +cuXXX version too, and PyPI's fbgemm-gpu is built like it; a
+  # mismatch shows in the import check at the end.
+  echo "setup: $FBGEMM not installed from $FBGEMM_INDEX (above); trying PyPI's build" >&2
+  "${PIP[@]}" "$@"
+}
+fbgemm_failed() {
+  die "$FBGEMM for torch $TORCH_VER could not be installed${FBGEMM_INDEX:+ from $FBGEMM_INDEX or}" \
+    "from PyPI (see pip's messages above): check the network or pip's index settings."
+}
 if "$VENV/bin/python" -m pip show -q "$FBGEMM_OTHER" >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip uninstall -y -q "$FBGEMM_OTHER"
-  "${PIP[@]}" --no-deps --force-reinstall "$FBGEMM" ${INDEX[@]+"${INDEX[@]}"}
+  pip_fbgemm --no-deps --force-reinstall "$FBGEMM" || fbgemm_failed
 fi
-"${PIP[@]}" "$FBGEMM" "torch==$TORCH_BASE" ${INDEX[@]+"${INDEX[@]}"}
+pip_fbgemm "$FBGEMM" "torch==$TORCH_BASE" || fbgemm_failed
 "${PIP[@]}" --no-deps "$TORCHREC"
 "${PIP[@]}" tensordict "torchmetrics==1.0.3" tqdm pyre-extensions iopath "torch==$TORCH_BASE"
 

@@ -37,11 +37,24 @@ def test_series_follows_fbgemms_table(torch_version, want):
                               "fbgemm-gpu-cpu")),
     ("2.12.0+cu128", "12.8", ("fbgemm-gpu==1.7.*", "https://download.pytorch.org/whl/cu128",
                               "fbgemm-gpu-cpu")),
-    # PyPI's unlabelled CUDA build: PyPI's fbgemm-gpu (the same CUDA)
+    # PyPI's CUDA build reports +cu130 too: PyTorch's cu130 index (setup.sh falls back to PyPI)
+    ("2.14.1+cu130", "13.0", ("fbgemm-gpu==1.9.*", "https://download.pytorch.org/whl/cu130",
+                              "fbgemm-gpu-cpu")),
+    # an unlabelled CUDA build (built from source): PyPI's fbgemm-gpu
     ("2.14.0", "13.0", ("fbgemm-gpu==1.9.*", "", "fbgemm-gpu-cpu")),
 ])
 def test_fbgemm_variant_follows_the_torch_build(torch_version, cuda, want):
     assert setup_plan.fbgemm_requirement(torch_version, cuda) == want
+    assert setup_plan.fbgemm_requirement(torch_version, cuda, cuda_usable=True) == want
+
+
+@pytest.mark.parametrize("torch_version, cuda", [("2.14.1+cu130", "13.0"), ("2.13.0", "12.8")])
+def test_cuda_torch_without_usable_cuda_gets_the_cpu_variant(torch_version, cuda):
+    """The CUDA fbgemm cannot load without the NVIDIA driver; the CPU one loads against a
+    CUDA torch (checked with 2.14.1+cu130 and fbgemm-gpu-cpu 1.9.0 on a machine without GPU)."""
+    s = setup_plan.series(torch_version)
+    assert setup_plan.fbgemm_requirement(torch_version, cuda, cuda_usable=False) == (
+        f"fbgemm-gpu-cpu=={s}.*", "", "fbgemm-gpu")
 
 
 def test_unsupported_torch_is_refused():
@@ -67,7 +80,10 @@ def test_plan_of_this_environment_is_ready():
     keys = {k: shlex.split(v)[0] if v else "" for k, v in
             (line.split("=", 1) for line in out.splitlines())}  # as the shell reads them
     assert keys["TORCH"] == "ok" and keys["READY"] == "1"
-    assert keys["VARIANT"] == ("cpu" if torch.version.cuda is None else "cuda")
+    usable = torch.version.cuda is not None and torch.cuda.is_available()
+    assert keys["VARIANT"] == ("cuda" if usable else "cpu")
+    assert (keys["NOTE"] == "") is (torch.version.cuda is None or usable)
     assert keys["TORCHREC"] == f"torchrec=={setup_plan.series(torch.__version__)}.*"
-    fbgemm, index, other = setup_plan.fbgemm_requirement(torch.__version__, torch.version.cuda)
+    fbgemm, index, other = setup_plan.fbgemm_requirement(torch.__version__, torch.version.cuda,
+                                                         usable)
     assert (keys["FBGEMM"], keys["FBGEMM_INDEX"], keys["FBGEMM_OTHER"]) == (fbgemm, index, other)
