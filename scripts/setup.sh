@@ -5,9 +5,10 @@
 #
 # torch -> torchrec/fbgemm series and the fbgemm variant: scripts/setup_plan.py (2.11 -> 1.6,
 # 2.12 -> 1.7, 2.13 -> 1.8, 2.14 -> 1.9; fbgemm-gpu-cpu for a CPU torch or a CUDA torch that
-# cannot use CUDA here, fbgemm-gpu from PyTorch's index for its CUDA version, else PyPI's). A torch already in the venv is kept; without one, torch 2.13.0 is
-# installed: PyPI's CUDA build where `nvidia-smi -L` lists a GPU, else the CPU build (a local
-# wheel where pip's configuration offers one, else PyTorch's CPU index).
+# cannot use CUDA here, fbgemm-gpu from PyTorch's index for its CUDA version, else PyPI's).
+# A torch already in the venv is kept; without one, torch 2.13.0 is installed: PyPI's CUDA
+# build where `nvidia-smi -L` lists a GPU, else the CPU build (a local wheel where pip's
+# configuration offers one, else PyTorch's CPU index).
 # torchrec declares fbgemm-gpu (the CUDA build) as a requirement, so it is installed with
 # --no-deps plus its real requirements and the matching fbgemm. pip's resolver then reports
 # "torchrec ... requires fbgemm-gpu, which is not installed" with a CPU torch: expected,
