@@ -34,8 +34,12 @@ How it is computed (speed; the function is the one above, up to float rounding):
 - Requests go through the head in chunks of ``HEAD_CHUNK_ROWS`` candidates (by head dtype),
   whose activations stay in the CPU cache; without grad, :meth:`TrainableScorer.score` also
   cuts big batches into pieces of ``SCORE_CHUNK_ROWS`` candidates (embedding lookups included).
-- :class:`SplitPooled` hands the head its inputs as views of the pooled embeddings and writes
-  their gradient into one buffer.
+- The embedding lookups go to fbgemm in rows of ``CANDIDATE_SLOTS`` candidates (one feature
+  per slot, all reading the item table), with the user side in a request's first row and
+  every topic looked up once per call (:func:`request_features`): fbgemm's CPU kernels cost
+  per bag, and the former layout of one row per candidate handed them four bags per
+  candidate, half of them empty. :class:`HeadInputs` gathers the head's inputs from that
+  layout (in the head's dtype) and writes their gradient into one buffer.
 - ``head_dtype: bfloat16`` (opt-in) runs the head's products under ``torch.autocast`` in
   bfloat16; weights, optimizer state, tables and the returned logits stay float32.
 
@@ -57,6 +61,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -102,7 +107,13 @@ TABLES = ("user", "item", "topic")
 HEAD_CHUNK_ROWS = {"float32": 8192, "bfloat16": 32768}
 # Candidate rows per call of the model when scoring without grad (TrainableScorer.score).
 SCORE_CHUNK_ROWS = 51_200
-# Value written into the gradient rows of empty bags (SplitPooled.backward); None = leave them
+# Candidates per KJT row: features item_0 .. item_{S-1} of the item table (request_features).
+# 10 = the default slate size K, so BCE on served slates fills one row per request; serving
+# C = 100 candidates fills 10.
+CANDIDATE_SLOTS = 10
+# Largest one-hot matrix (ids x distinct ids) sum_by_id builds on CUDA (64M entries, 256 MB).
+ONE_HOT_MAX_ENTRIES = 2**26
+# Value written into the gradient rows of empty bags (HeadInputs.backward); None = leave them
 # unwritten. Tests set NaN to check that no kernel reads them.
 EMPTY_BAG_GRAD: float | None = None
 
@@ -208,9 +219,10 @@ class Scorer(nn.Module):
         self.n_ids = {"user": n_users, "item": n_items, "topic": n_topics}
         self.rows = table_rows(cfg, n_users, n_items, n_topics)
         d, w = cfg.embedding_dim, cfg.head_width
-        # Feature order user, history, item, topic: item and topic end up adjacent in the
-        # pooled output, so the head reads [i, t] as one view (SplitPooled).
-        item_features = ["history", "item"] if cfg.history_bag else ["item"]
+        # Features (torchrec's pooled output keeps this order): user, history, the candidate
+        # slots item_0 .. item_{S-1} (all reading the item table), topic; see request_features.
+        slot_features = [f"item_{s}" for s in range(CANDIDATE_SLOTS)]
+        item_features = (["history"] if cfg.history_bag else []) + slot_features
         features = {"user": ["user"], "item": item_features, "topic": ["topic"]}
         self.ebc = EmbeddingBagCollection(
             tables=[
@@ -247,16 +259,22 @@ class Scorer(nn.Module):
         candidates (B,C) item ids, candidate_topics (B,C) -> click logits (B,C)."""
         check_inputs(users, history, candidates, candidate_topics, self.n_ids, self.cfg.history_bag)
         b, c = candidates.shape
-        kjt = request_features(users, history, candidates, candidate_topics, self.rows,
-                               self.n_ids, self.cfg.history_bag)
-        pooled = self.ebc(kjt)  # KeyedTensor: values (B*C, F*D), one D-block per feature
+        d = self.cfg.embedding_dim
+        kjt, r = request_features(users, history, candidates, self.rows, self.n_ids,
+                                  self.cfg.history_bag)
+        pooled = self.ebc(kjt)  # KeyedTensor: values (N, F*D), one D-block per feature
         cols = feature_columns(pooled.keys(), pooled.length_per_key())
-        user_cols = [cols["user"], cols["history"]] if self.cfg.history_bag else [cols["user"]]
+        layout = PooledLayout.of(cols, b, c, r, d, self.n_ids["topic"], self.cfg.history_bag)
         # Requests in chunks of about HEAD_CHUNK_ROWS candidates: each chunk's (b, C, W)
         # activations stay in the CPU cache (measured ~4x faster than a whole serving batch).
         per_chunk = max(1, HEAD_CHUNK_ROWS[self.cfg.head_dtype] // c)
-        user, *cand = SplitPooled.apply(pooled.values(), b, c, user_cols,
-                                        [cols["item"], cols["topic"]], per_chunk)
+        # The regrouped first layer (c >= D) multiplies [i, t] as they are: hand them over in
+        # the head's dtype (one copy instead of a copy and autocast's cast). The product path
+        # (c < D) multiplies them by user vectors first: float32, as autocast would leave them.
+        values = pooled.values()
+        dtype = torch.bfloat16 if self.cfg.head_dtype == "bfloat16" and c >= d else values.dtype
+        user, *cand = HeadInputs.apply(values, layout, candidate_topics.long(), dtype,
+                                       per_chunk)
         # One autocast region for all chunks: the weights are cast to bfloat16 once per call.
         with torch.autocast(user.device.type, dtype=torch.bfloat16,
                             enabled=self.cfg.head_dtype == "bfloat16"):
@@ -333,67 +351,144 @@ def merge_adjacent(slices: list[slice]) -> list[slice]:
     return out
 
 
-class SplitPooled(torch.autograd.Function):
-    """Pooled features -> the head's inputs, with a backward that writes one gradient buffer.
+@dataclass(frozen=True)
+class PooledLayout:
+    """Where the head's inputs sit in the pooled embeddings (N, F*D) of one call
+    (:func:`request_features`): B requests of C candidates, R rows a request. Feature columns
+    follow torchrec's output order, which depends on the sharding plan (table-wise sharding
+    over several ranks puts each rank's tables together), so blocks are looked up by name."""
 
-    ``apply(values (B*C, F*D), B, C, user_cols, cand_cols, per_chunk) -> (user, *cand)``:
-    ``user`` (B, sum of user_cols widths) = the user-side columns of each request's first slot
-    (a copy); ``cand`` = the candidate columns (b_k, C, sum of widths) of consecutive chunks of
-    ``per_chunk`` requests (views when the columns are adjacent, else copies).
+    b: int
+    c: int
+    r: int  # KJT rows per request: ceil(C / CANDIDATE_SLOTS)
+    d: int  # embedding dim
+    n_topics: int  # topic bags: rows 0 .. n_topics - 1 of the topic column
+    user: list[slice]  # columns of [u, h] (or [u]) in each request's first row, merged
+    slots: list[slice]  # columns of item_0 .. item_{S-1}, one per slot
+    slot_block: slice | None  # the same as one block when they are adjacent and in order
+    topic: slice  # the topic column
+    history: slice | None  # the history column (its padding bag is in the last row)
 
-    Plain slicing would be correct too, but its backward builds a zero-filled (B*C, F*D)
-    tensor per slice and adds them up; this one fills one buffer once (profiled: about a
-    quarter of a GRPO update went to those fills, copies and sums).
+    @staticmethod
+    def of(cols: dict[str, slice], b: int, c: int, r: int, d: int, n_topics: int,
+           history_bag: bool) -> PooledLayout:
+        """The layout from the pooled output's feature columns."""
+        user = merge_adjacent([cols["user"], cols["history"]] if history_bag else [cols["user"]])
+        slots = [cols[f"item_{s}"] for s in range(CANDIDATE_SLOTS)]
+        block = merge_adjacent(slots)
+        return PooledLayout(b=b, c=c, r=r, d=d, n_topics=n_topics, user=user, slots=slots,
+                            slot_block=block[0] if len(block) == 1 else None,
+                            topic=cols["topic"], history=cols["history"] if history_bag else None)
+
+    def slot_views(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, slice]]:
+        """(view, slots) pairs covering the candidate slots of ``rows`` (n*R, F*D), the rows of
+        n requests: views (n, R, s, D) of s consecutive slots (all S in one when adjacent)."""
+        n = rows.shape[0] // self.r
+        if self.slot_block is not None:
+            return [(rows[:, self.slot_block].view(n, self.r, CANDIDATE_SLOTS, self.d),
+                     slice(0, CANDIDATE_SLOTS))]
+        return [(rows[:, col].view(n, self.r, 1, self.d), slice(s, s + 1))
+                for s, col in enumerate(self.slots)]
+
+
+class HeadInputs(torch.autograd.Function):
+    """Pooled embeddings -> the head's inputs, with a backward that writes one gradient buffer.
+
+    ``apply(values (N, F*D), layout, topics (B, C), dtype, per_chunk) -> (user, *cand)``:
+    ``user`` (B, U) = the user-side columns [u, h] of each request's first row (a copy);
+    ``cand`` = the candidate features [i, t] (b_k, C, 2D) in ``dtype`` of consecutive chunks
+    of ``per_chunk`` requests: ``i`` gathered from the request's slots, ``t`` the pooled row of
+    the candidate's topic (every topic is looked up once per call, :func:`request_features`).
+
+    Backward: one (N, F*D) buffer; the topic gradients are summed per topic (so the table
+    update sees the same per-row sum as one lookup per candidate, up to float rounding); the
+    gradient rows of empty bags are left unwritten (the TBE backward never reads them: tested
+    with NaN there, ``EMPTY_BAG_GRAD``) and the history's padding bag gets zeros.
     """
 
     @staticmethod
-    def forward(ctx, values, b, c, user_cols, cand_cols, per_chunk):
-        x = values.view(b, c, values.shape[1])  # (B, C, F*D)
-        user = torch.cat([x[:, 0, s] for s in user_cols], dim=1)  # (B, U)
-        merged = merge_adjacent(cand_cols)
-        cand = x[:, :, merged[0]] if len(merged) == 1 else torch.cat(
-            [x[:, :, s] for s in merged], dim=2)  # (B, C, 2D)
-        chunks = cand.split(per_chunk)
-        ctx.shape, ctx.user_cols, ctx.cand_cols = x.shape, user_cols, merged
-        ctx.chunk_rows = [part.shape[0] for part in chunks]
+    def forward(ctx, values, lay, topics, dtype, per_chunk):
+        b, c, r, d = lay.b, lay.c, lay.r, lay.d
+        firsts = values[0:b * r:r]  # (B, F*D) each request's first row
+        user = torch.cat([firsts[:, s] for s in lay.user], dim=1)  # (B, U)
+        topic_rows = values[:lay.n_topics, lay.topic].to(dtype)  # (T, D)
+        full = c == r * CANDIDATE_SLOTS  # every slot of every row holds a candidate
+        chunks = []
+        for lo in range(0, b, per_chunk):
+            n = min(per_chunk, b - lo)
+            out = values.new_empty((n, c, 2 * d), dtype=dtype)  # (n, C, 2D)
+            # (n, R, S, D): the candidates' own columns, or a padded copy when slots are unused
+            items = (out[:, :, :d].view(n, r, CANDIDATE_SLOTS, d) if full
+                     else values.new_empty((n, r, CANDIDATE_SLOTS, d), dtype=dtype))
+            for src, where in lay.slot_views(values[lo * r:(lo + n) * r]):
+                items[:, :, where].copy_(src)
+            if not full:
+                out[:, :, :d].copy_(items.view(n, r * CANDIDATE_SLOTS, d)[:, :c])
+            out[:, :, d:].copy_(topic_rows.index_select(0, topics[lo:lo + n].reshape(-1))
+                                .view(n, c, d))
+            chunks.append(out)
+        ctx.save_for_backward(topics)
+        ctx.lay, ctx.shape, ctx.chunk_rows = lay, values.shape, [x.shape[0] for x in chunks]
         ctx.set_materialize_grads(False)
         return (user, *chunks)
 
     @staticmethod
     def backward(ctx, g_user, *g_cand):
-        b, c, width = ctx.shape
+        (topics,) = ctx.saved_tensors
+        lay = ctx.lay
+        b, c, r, d = lay.b, lay.c, lay.r, lay.d
+        n_rows, width = ctx.shape
         ref = g_user if g_user is not None else next(g for g in g_cand if g is not None)
-        # (B, C, F*D). The user-side columns outside each request's first two slots belong
-        # to empty bags, whose gradient rows the TBE backward never reads (tested with NaN
-        # there): they are left unwritten (a strided fill of B*(C-1)*2D floats, 2-8 ms of a
-        # ~75 ms GRPO update in profiles). Slot 1 holds the history's padding bag: zeros.
-        grad = ref.new_empty(b, c, width)
+        grad = ref.new_empty((n_rows, width), dtype=torch.float32)  # (N, F*D)
         if EMPTY_BAG_GRAD is not None:
-            for s in merge_adjacent(ctx.user_cols):
-                grad[:, 1:, s] = EMPTY_BAG_GRAD
-        if c > 1:  # the padding bag of history_bags
-            for s in merge_adjacent(ctx.user_cols):
-                grad[:, 1, s] = 0.0
+            grad.fill_(EMPTY_BAG_GRAD)
+        firsts = grad[0:b * r:r]  # (B, F*D) each request's first row
         start = 0
-        for s in ctx.user_cols:
+        for s in lay.user:
             stop = start + s.stop - s.start
             if g_user is None:
-                grad[:, 0, s].zero_()
+                firsts[:, s] = 0.0
             else:
-                grad[:, 0, s] = g_user[:, start:stop]
+                firsts[:, s] = g_user[:, start:stop]
             start = stop
-        row = 0
+        if lay.history is not None:
+            grad[n_rows - 1, lay.history] = 0.0  # the history's padding bag
+        per_topic = grad.new_zeros((lay.n_topics, d))  # (T, D)
+        full = c == r * CANDIDATE_SLOTS
+        lo = 0
         for part, n in zip(g_cand, ctx.chunk_rows):
-            start = 0
-            for s in ctx.cand_cols:
-                stop = start + s.stop - s.start
-                if part is None:
-                    grad[row:row + n, :, s].zero_()
-                else:
-                    grad[row:row + n, :, s] = part[:, :, start:stop]
-                start = stop
-            row += n
-        return grad.view(b * c, width), None, None, None, None, None
+            if part is None:
+                items = grad.new_zeros((n, r, CANDIDATE_SLOTS, d))
+            elif full:
+                items = part[:, :, :d].view(n, r, CANDIDATE_SLOTS, d)
+            else:  # unused slots get zeros (empty bags: never read)
+                items = part.new_zeros((n, r * CANDIDATE_SLOTS, d))
+                items[:, :c] = part[:, :, :d]
+                items = items.view(n, r, CANDIDATE_SLOTS, d)
+            for dst, where in lay.slot_views(grad[lo * r:(lo + n) * r]):
+                dst.copy_(items[:, :, where])
+            if part is not None:
+                per_topic += sum_by_id(topics[lo:lo + n].reshape(-1),
+                                       part[:, :, d:].reshape(-1, d), lay.n_topics)
+            lo += n
+        grad[:lay.n_topics, lay.topic] = per_topic
+        return grad, None, None, None, None
+
+
+def sum_by_id(ids: torch.Tensor, rows: torch.Tensor, n_ids: int,
+              one_hot: bool | None = None) -> torch.Tensor:
+    """Float32 sums (n_ids, D) of ``rows`` (n, D) grouped by ``ids`` (n,) in [0, n_ids).
+
+    In a fixed order, so a run repeats bit for bit: ``index_add_`` on the CPU (sequential
+    per id); on CUDA, where ``index_add_`` adds with atomics (run-to-run differences), a
+    one-hot matrix product while the one-hot matrix stays under ``ONE_HOT_MAX_ENTRIES``.
+    ``one_hot`` forces either way (None: by device)."""
+    if one_hot is None:
+        one_hot = rows.device.type == "cuda" and ids.numel() * n_ids <= ONE_HOT_MAX_ENTRIES
+    if one_hot:
+        return torch.nn.functional.one_hot(ids, n_ids).to(torch.float32).t() @ rows.float()
+    out = rows.new_zeros((n_ids, rows.shape[1]), dtype=torch.float32)
+    return out.index_add_(0, ids, rows.float())
 
 
 def check_inputs(
@@ -435,68 +530,106 @@ def check_inputs(
                lambda wanted=wanted, lo=lo, hi=hi: f"{wanted}, got values in [{int(lo)}, {int(hi)}]")
 
 
+def kjt_rows(b: int, c: int, n_topics: int) -> tuple[int, int]:
+    """(R, N) of :func:`request_features`: R = ceil(C / CANDIDATE_SLOTS) rows per request,
+    N = B*R + 1 rows in all (the last one holds the history's padding bag), at least n_topics
+    (the topic bags)."""
+    r = max(1, -(-c // CANDIDATE_SLOTS))
+    return r, max(b * r + 1, n_topics)
+
+
 def request_features(
     users: torch.Tensor,
     history: torch.Tensor,
     candidates: torch.Tensor,
-    candidate_topics: torch.Tensor,
     rows: dict[str, int],
     n_ids: dict[str, int],
     history_bag: bool,
-) -> KeyedJaggedTensor:
-    """Pack a batch into one KJT with N = B*C bags per feature (bag r belongs to request r // C).
+) -> tuple[KeyedJaggedTensor, int]:
+    """Pack a batch into one KJT of N rows (bags per feature) and return it with R, the rows
+    per request (:func:`kjt_rows`).
 
-    ``item`` and ``topic`` have one id per bag. ``user`` and ``history`` are per request: their
-    bags sit in the first slot of each request (r % C == 0) and the other slots are empty
-    (but for the history's padding bag in slot 1, :func:`history_bags`), so each user row and
-    each history id is looked up once, not C times. Ids are hashed where a table has fewer
-    rows than ids.
+    Layout (S = CANDIDATE_SLOTS): request b owns rows b*R .. b*R + R - 1, and its candidate
+    c = r*S + s is the one id of feature ``item_s`` in row b*R + r (S features reading the
+    item table, so that a row carries S candidates and no bag is empty for C = R*S). ``user``
+    and ``history`` have their bags in each request's first row; the history's padding sits
+    in the last row (:func:`history_bags`). ``topic`` holds every topic id once, in rows
+    0 .. T-1 (there are few topics: looking each up once per call instead of once per
+    candidate, the head gathers them by topic id, :class:`HeadInputs`); topics absent from
+    the batch get a zero gradient, a no-op for the fused optimizers. Every other bag is
+    empty. Ids are hashed where a table has fewer rows than ids.
+
+    Why: fbgemm's CPU kernels cost per bag, empty or not; one row per candidate with the user
+    side in a request's first row handed them 4 bags per candidate of which two were empty.
     """
     b, c = candidates.shape
     dev = candidates.device
+    r, n = kjt_rows(b, c, n_ids["topic"])
+    slots = CANDIDATE_SLOTS
 
     def table_ids(ids: torch.Tensor, table: str) -> torch.Tensor:
         ids = ids.reshape(-1).long()
         return ids if rows[table] >= n_ids[table] else hash_ids(ids, rows[table], table)
 
-    first_slot = torch.zeros(b, c, dtype=torch.long, device=dev)  # (B, C)
-    first_slot[:, 0] = 1
-    one_per_bag = torch.ones(b * c, dtype=torch.long, device=dev)  # (B*C,)
-    keys, values, lengths = ["user"], [table_ids(users, "user")], [first_slot.view(-1)]
+    first_row = torch.zeros(n, dtype=torch.long, device=dev)  # (N,)
+    first_row[0:b * r:r] = 1
+    keys, values, lengths = ["user"], [table_ids(users, "user")], [first_row]
+    counts = [b]
     if history_bag:
         keys.append("history")
-        ids, hist_len = history_bags(history, c)  # (N,), (B, C)
+        ids, hist_len = history_bags(history, r, n)  # (B*H,), (N,)
         values.append(table_ids(ids, "item"))
-        lengths.append(hist_len.view(-1))
-    keys += ["item", "topic"]
-    values += [table_ids(candidates, "item"), table_ids(candidate_topics, "topic")]
-    lengths += [one_per_bag, one_per_bag]
+        lengths.append(hist_len)
+        counts.append(ids.shape[0])
+    # Candidate slots: request b's candidates padded to R*S, as (B, R, S).
+    pad = r * slots - c
+    grid = candidates if pad == 0 else torch.cat([candidates, candidates.new_zeros(b, pad)], 1)
+    grid = grid.view(b, r, slots)
+    used = [max(0, -(-(c - s) // slots)) for s in range(slots)]  # rows of a request using slot s
+    in_use = (torch.arange(r * slots, device=dev) < c).view(r, slots).t()  # (S, R)
+    slot_len = torch.zeros(slots, n, dtype=torch.long, device=dev)  # (S, N)
+    slot_len[:, :b * r].view(slots, b, r).copy_(in_use[:, None, :].expand(slots, b, r))
+    if pad == 0:
+        slot_ids = grid.permute(2, 0, 1).reshape(-1)  # (S*B*R,) slot-major, then row order
+    else:
+        slot_ids = torch.cat([grid[:, :used[s], s].reshape(-1) for s in range(slots)])
+    keys += [f"item_{s}" for s in range(slots)]
+    values.append(table_ids(slot_ids, "item"))
+    lengths.append(slot_len.view(-1))
+    counts += [b * u for u in used]
+    n_topics = n_ids["topic"]
+    topic_len = torch.zeros(n, dtype=torch.long, device=dev)
+    topic_len[:n_topics] = 1
+    keys.append("topic")
+    values.append(table_ids(torch.arange(n_topics, device=dev), "topic"))
+    lengths.append(topic_len)
+    counts.append(n_topics)
     # Sizes per feature known from shapes: torchrec need not read them from the device.
-    return KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths),
-                             stride=b * c, length_per_key=[v.shape[0] for v in values])
+    kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths),
+                            stride=n, length_per_key=counts)
+    return kjt, r
 
 
-def history_bags(history: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The history feature's ids (N,) and bag lengths (B, C) for histories (B, H), -1 padded.
+def history_bags(history: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The history feature's ids (B*H,) and bag lengths (N,) for histories (B, H), -1 padded,
+    in :func:`request_features`' layout of N rows, R per request.
 
-    Each request's valid ids, in order, form its first bag (slot 0, the one the head reads).
-    With C >= 2 its padding follows as id 0 in a second bag (slot 1), so that N = B*H whatever
-    the data: no host round trip on CUDA (dropping the padding with a boolean mask needs one).
-    That bag's output is never read and its gradient rows are zero (:class:`SplitPooled`), so
-    no optimizer changes the rows it looks up (a zero gradient is a no-op for SGD and Adagrad).
-    With C = 1 there is no second bag and the padding is dropped with a mask.
+    Each request's valid ids, in order, form its bag in its first row (b*R, the one the head
+    reads). All the padding follows as id 0 in one bag in the last row (N - 1), so that there
+    are B*H ids whatever the data: no host round trip on CUDA (dropping the padding with a
+    boolean mask needs one). That bag's output is never read and its gradient row is zero
+    (:class:`HeadInputs`), so no optimizer changes the row it looks up (a zero gradient is a
+    no-op for SGD and Adagrad).
     """
     b, h = history.shape
     valid = history >= 0  # (B, H)
     n_valid = valid.sum(dim=1)  # (B,)
-    lengths = torch.zeros(b, c, dtype=torch.long, device=history.device)  # (B, C)
-    lengths[:, 0] = n_valid
-    if c == 1:
-        return history[valid], lengths  # row-major: grouped by request
-    # Valid ids first, in their order (a stable sort on "is padding"), then the padding.
-    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # (B, H)
-    lengths[:, 1] = h - n_valid
-    return history.gather(1, order).clamp_min_(0).view(-1), lengths
+    lengths = torch.zeros(n, dtype=torch.long, device=history.device)  # (N,)
+    lengths[0:b * r:r] = n_valid
+    lengths[n - 1] = b * h - n_valid.sum()
+    # Valid ids first, in request order (a stable sort on "is padding"), then the padding.
+    order = torch.sort((~valid).view(-1).to(torch.uint8), stable=True).indices  # (B*H,)
+    return history.view(-1)[order].clamp_min_(0), lengths
 
 
 @torch.no_grad()

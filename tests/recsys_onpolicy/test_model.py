@@ -40,21 +40,28 @@ def reference_logits(scorer: Scorer, users, history, cands, topics) -> torch.Ten
     eb = scorer.ebc.embedding_bags
     rows = []
     lin = lambda m, x: x @ m.weight.T + (m.bias if m.bias is not None else 0)
+
+    def row(table: str, ids) -> torch.Tensor:  # the table row(s) of ids, hashed if fewer rows
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        if scorer.rows[table] < scorer.n_ids[table]:
+            ids = hash_ids(ids, scorer.rows[table], table)
+        return eb[table].weight[ids]
+
     for r in range(cands.shape[0]):
-        user_vecs = [eb["user"].weight[users[r]]]
+        user_vecs = [row("user", users[r])]
         if scorer.cfg.history_bag:
             ids = [x for x in history[r].tolist() if x >= 0]
-            user_vecs.append(eb["item"].weight[ids].mean(0) if ids
+            user_vecs.append(row("item", ids).mean(0) if ids
                              else torch.zeros_like(user_vecs[0]))
-        row = []
+        row_out = []
         for j in range(cands.shape[1]):
-            i, t = eb["item"].weight[cands[r, j]], eb["topic"].weight[topics[r, j]]
+            i, t = row("item", cands[r, j]), row("topic", topics[r, j])
             feats = [i, t] + [x for v in user_vecs for x in (v * i, v * t)]
             z = lin(scorer.user_in, torch.cat(user_vecs)) + lin(scorer.cand_in, torch.cat(feats))
             for layer in scorer.mlp:
                 z = torch.relu(z) if isinstance(layer, torch.nn.ReLU) else lin(layer, z)
-            row.append(z.squeeze())
-        rows.append(torch.stack(row))
+            row_out.append(z.squeeze())
+        rows.append(torch.stack(row_out))
     return torch.stack(rows)  # (B, C), differentiable w.r.t. every parameter
 
 
@@ -114,9 +121,11 @@ def test_hashed_users_share_a_row():
 
 
 # ---- the scorer ---------------------------------------------------------------------------
-# c = 4 < D = 8 takes the head's product-feature path, c = 12 >= D the per-request-matrix path;
-# chunk_rows = 20 splits 7 requests into several head chunks (Scorer.forward).
-HEAD_CASES = [(4, 8192), (12, 8192), (4, 20), (12, 20)]
+# c = 4 < D = 8 takes the head's product-feature path, c = 12 and 20 >= D the
+# per-request-matrix path; chunk_rows = 20 / 40 split 7 requests into several head chunks
+# (Scorer.forward). With CANDIDATE_SLOTS = 10, c = 20 fills every slot of a request's two KJT
+# rows, c = 4 and 12 leave slots empty (request_features).
+HEAD_CASES = [(4, 8192), (12, 8192), (20, 8192), (4, 20), (12, 20), (20, 40)]
 
 
 def chunk_table(rows: int) -> dict[str, int]:
@@ -142,7 +151,7 @@ def test_forward_matches_hand_written_head(c, chunk_rows, history_bag, monkeypat
 def test_gradients_match_hand_written_head(c, chunk_rows, monkeypatch):
     """Every parameter's gradient (tables included: a plain Scorer has dense table grads)
     equals autograd through the hand-written head, through the regrouped first layer, the
-    chunks and SplitPooled's backward."""
+    chunks and HeadInputs' backward."""
     monkeypatch.setattr(model_module, "HEAD_CHUNK_ROWS", chunk_table(chunk_rows))
     scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
     x = batch(torch.Generator().manual_seed(1), b=7, c=c)
@@ -225,6 +234,96 @@ def test_bfloat16_head_runs_under_the_trainer_and_trains():
         model.step(loss)
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1
+
+
+@pytest.mark.parametrize("c", [4, 20])
+def test_hashed_tables_match_hand_written_head(c):
+    """Items and topics hashed into fewer rows than ids (topics looked up once per call, then
+    gathered by topic id): logits and gradients equal the hand-written head's on hashed rows."""
+    cfg = CPU.model_copy(update={"item_rows": 7, "topic_rows": 3, "user_rows": 11})
+    scorer = build_scorer(cfg, U, I, T, torch.Generator().manual_seed(0))
+    x = batch(torch.Generator().manual_seed(1), b=5, c=c)
+    weights = torch.randn(5, c, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for fn in (scorer, lambda *a: reference_logits(scorer, *a)):
+        scorer.zero_grad(set_to_none=True)
+        out = fn(*x)
+        (out * weights).sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in scorer.named_parameters()}))
+    (got, got_g), (want, want_g) = grads
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for name in want_g:
+        torch.testing.assert_close(got_g[name], want_g[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_request_features_layout():
+    """2 requests of 12 candidates, 10 slots a row: 2 rows a request, 5 rows in all (the last
+    holds the history's padding; the 5 topics sit in rows 0-4)."""
+    users = torch.tensor([3, 9])
+    history = torch.tensor([[4, -1, 6], [-1, -1, 8]])
+    cands = torch.arange(24).view(2, 12) + 1
+    rows = {"user": U, "item": I, "topic": T}
+    kjt, r = model_module.request_features(users, history, cands, rows, rows, True)
+    assert r == 2 and kjt.stride() == 5
+    assert kjt.keys() == ["user", "history"] + [f"item_{s}" for s in range(10)] + ["topic"]
+    f = kjt.to_dict()
+    assert f["user"].lengths().tolist() == [1, 0, 1, 0, 0]
+    assert f["user"].values().tolist() == [3, 9]
+    assert f["history"].lengths().tolist() == [2, 0, 1, 0, 3]  # valid ids, then the padding
+    assert f["history"].values().tolist() == [4, 6, 8, 0, 0, 0]
+    # candidate c = 10 * row + slot: slots 0-1 in both rows of a request, slots 2-9 in the first
+    assert f["item_0"].lengths().tolist() == [1, 1, 1, 1, 0]
+    assert f["item_0"].values().tolist() == [1, 11, 13, 23]
+    assert f["item_1"].values().tolist() == [2, 12, 14, 24]
+    assert f["item_2"].lengths().tolist() == [1, 0, 1, 0, 0]
+    assert f["item_2"].values().tolist() == [3, 15]
+    assert f["topic"].lengths().tolist() == [1] * 5
+    assert f["topic"].values().tolist() == list(range(T))
+    assert model_module.kjt_rows(1, 4, 50) == (1, 50)  # at least one row per topic
+    assert model_module.kjt_rows(512, 100, 50) == (10, 5121)
+
+
+@pytest.mark.parametrize("c", [12, 20])
+@pytest.mark.parametrize("scrambled", [False, True])
+def test_head_inputs_gather_by_feature_name(c, scrambled, monkeypatch):
+    """HeadInputs against plain indexing, forward and backward, with torchrec's columns in
+    order and scrambled (as sharding plans may return them: slots one by one)."""
+    monkeypatch.setattr(model_module, "EMPTY_BAG_GRAD", 0.0)  # unwritten rows read as 0
+    b, d, n_topics = 3, 4, 5
+    r, n = model_module.kjt_rows(b, c, n_topics)
+    names = ["user", "history"] + [f"item_{s}" for s in range(10)] + ["topic"]
+    order = names[::-1] if scrambled else names
+    cols = {f: slice(k * d, (k + 1) * d) for k, f in enumerate(order)}
+    layout = model_module.PooledLayout.of(cols, b, c, r, d, n_topics, True)
+    assert (layout.slot_block is None) == scrambled
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(n, len(names) * d, generator=gen, requires_grad=True)
+    topics = torch.randint(0, n_topics, (b, c), generator=gen)
+    user, *chunks = model_module.HeadInputs.apply(values, layout, topics, torch.float32, 2)
+    firsts = torch.arange(b) * r
+    want_user = torch.cat([values[firsts, cols["user"]], values[firsts, cols["history"]]], 1)
+    want_items = torch.stack([torch.stack([values[i * r + j // 10, cols[f"item_{j % 10}"]]
+                                           for j in range(c)]) for i in range(b)])
+    want_cand = torch.cat([want_items, values[:, cols["topic"]][topics]], dim=2)  # (B, C, 2D)
+    got_cand = torch.cat(chunks)
+    assert [x.shape[0] for x in chunks] == [2, 1]
+    torch.testing.assert_close(user, want_user, rtol=0, atol=0)
+    torch.testing.assert_close(got_cand, want_cand, rtol=0, atol=0)
+    gu, gc = torch.randn_like(user), torch.randn_like(want_cand)
+    got_grad, = torch.autograd.grad((user * gu).sum() + (got_cand * gc).sum(), values)
+    want_grad, = torch.autograd.grad((want_user * gu).sum() + (want_cand * gc).sum(), values)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_sum_by_id_both_ways(one_hot):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 6, (50,), generator=gen)
+    rows = torch.randn(50, 3, generator=gen).to(torch.bfloat16)
+    want = torch.stack([rows[ids == k].float().sum(0) for k in range(7)])  # id 6: no rows
+    got = model_module.sum_by_id(ids, rows, 7, one_hot=one_hot)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_merge_adjacent_and_feature_columns():
@@ -335,13 +434,15 @@ def test_fused_sparse_update_touches_only_looked_up_rows(optimizer):
         assert torch.equal(per_row > 0, mask)
 
 
+@pytest.mark.parametrize("c", [12, 20])
 @pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "sgd"])
-def test_gradient_rows_of_empty_bags_are_never_read(optimizer, monkeypatch):
-    """SplitPooled leaves the gradient rows of the empty user-side bags unwritten; NaN there
-    must give bit-identical training (the TBE backward reads only rows of non-empty bags)."""
+def test_gradient_rows_of_empty_bags_are_never_read(optimizer, c, monkeypatch):
+    """HeadInputs leaves the gradient rows of empty bags unwritten (user side outside a
+    request's first row, unused slots, rows past the topics); NaN there must give
+    bit-identical training (the TBE backward reads only rows of non-empty bags)."""
     cfg = CPU.model_copy(update={"sparse_optimizer": optimizer})
-    x = batch(torch.Generator().manual_seed(1), b=6, c=12)
-    clicks = torch.bernoulli(torch.full((6, 12), 0.3), generator=torch.Generator().manual_seed(2))
+    x = batch(torch.Generator().manual_seed(1), b=6, c=c)
+    clicks = torch.bernoulli(torch.full((6, c), 0.3), generator=torch.Generator().manual_seed(2))
     states = []
     for fill in (0.0, float("nan")):
         monkeypatch.setattr(model_module, "EMPTY_BAG_GRAD", fill)
