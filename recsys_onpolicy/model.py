@@ -488,7 +488,8 @@ def sum_by_id(ids: torch.Tensor, rows: torch.Tensor, n_ids: int,
     if one_hot:
         return torch.nn.functional.one_hot(ids, n_ids).to(torch.float32).t() @ rows.float()
     out = rows.new_zeros((n_ids, rows.shape[1]), dtype=torch.float32)
-    return out.index_add_(0, ids, rows.float())
+    # contiguous: index_add_ on strided rows (a column slice) was about 10x slower, measured
+    return out.index_add_(0, ids, rows.float().contiguous())
 
 
 def check_inputs(
