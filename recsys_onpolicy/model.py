@@ -414,7 +414,7 @@ class HeadInputs(torch.autograd.Function):
         topic_rows = values[:lay.n_topics, lay.topic].to(dtype)  # (T, D)
         full = c == r * CANDIDATE_SLOTS  # every slot of every row holds a candidate
         chunks = []
-        for lo in range(0, b, per_chunk):
+        for lo in range(0, max(b, 1), per_chunk):  # an empty batch: one empty chunk
             n = min(per_chunk, b - lo)
             out = values.new_empty((n, c, 2 * d), dtype=dtype)  # (n, C, 2D)
             # (n, R, S, D): the candidates' own columns, or a padded copy when slots are unused

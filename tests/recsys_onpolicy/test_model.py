@@ -345,6 +345,15 @@ def test_history_padding_is_ignored_wherever_it_sits():
     assert not torch.allclose(other, scores[0])
 
 
+def test_an_empty_batch_scores_to_an_empty_matrix():
+    scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    users, history, cands, topics = batch(torch.Generator().manual_seed(1), b=0, c=12)
+    out = scorer(users, history, cands, topics)
+    assert out.shape == (0, 12)
+    out.sum().backward()  # and differentiates (to zero gradients)
+    assert all(p.grad is None or not p.grad.any() for p in scorer.parameters())
+
+
 def test_candidate_scores_do_not_depend_on_other_candidates():
     scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
     users, history, cands, topics = batch(torch.Generator().manual_seed(1), b=3, c=5)
