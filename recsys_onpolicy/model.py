@@ -50,7 +50,7 @@ requests 0.35 s -> 0.15 s wall (0.56 -> 0.20 CPU s); a GRPO update of 512 reques
 The candidate-slot layout, against one row per candidate (same machine, alternated): fbgemm's
 forward + backward of a 512-request GRPO update's lookups 4.5 + 9.5-10.4 ms -> 2.2-2.7 +
 5.9-6.7 ms; a GRPO update (``bench/train.py`` setting) 44-46 -> 38-43 ms with the bfloat16 head,
-54-60 -> 52-57 ms in float32; serving 4096 requests (bfloat16) 115-118 -> 87-101 ms.
+54-60 -> 52-57 ms in float32; serving 4096 requests (bfloat16) 115-122 -> 87-113 ms.
 
 Id hashing (sparse capacity): a table with ``rows`` < ``n_ids`` maps an id ``x`` to
 ``((a * x + b) mod p) mod rows`` with ``p = 2**31 - 1`` (the Carter-Wegman universal family),
