@@ -115,8 +115,13 @@ SCORE_CHUNK_ROWS = 51_200
 # 10 = the default slate size K, so BCE on served slates fills one row per request; serving
 # C = 100 candidates fills 10.
 CANDIDATE_SLOTS = 10
-# Largest one-hot matrix (ids x distinct ids) sum_by_id builds on CUDA (64M entries, 256 MB).
-ONE_HOT_MAX_ENTRIES = 2**26
+# Largest one-hot matrix (ids x distinct ids) sum_by_id builds on CUDA: 16M entries, 192 MB at
+# the peak (one_hot's int64 matrix and its float32 copy).
+ONE_HOT_MAX_ENTRIES = 2**24
+# Topic tables with more rows than this get a warning: every call looks up each row once
+# (request_features), which costs more than one lookup per candidate once the rows outnumber a
+# call's candidates (51,200 in a 512-request GRPO update or scoring piece).
+TOPIC_ROWS_WARN = 65_536
 # Value written into the gradient rows of empty bags (HeadInputs.backward); None = leave them
 # unwritten. Tests set NaN to check that no kernel reads them.
 EMPTY_BAG_GRAD: float | None = None
@@ -134,7 +139,9 @@ class ModelConfig(StrictModel):
     item_rows: int | None = Field(default=None, gt=0)
     """Rows of the item table (shared by candidates and the history bag); None = one per item."""
     topic_rows: int | None = Field(default=None, gt=0)
-    """Rows of the topic table; None = one per topic."""
+    """Rows of the topic table; None = one per topic. Every scoring call looks up each row
+    once (cheap for the tens of topics of usual worlds), so a world with very many topics
+    should bound it (a warning above ``TOPIC_ROWS_WARN`` rows)."""
     history_bag: bool = True
     """Use the user's click history (mean of its item rows) as a user-side feature."""
     head_width: int = Field(default=64, ge=1, le=8192)
@@ -222,6 +229,12 @@ class Scorer(nn.Module):
         self.cfg = cfg
         self.n_ids = {"user": n_users, "item": n_items, "topic": n_topics}
         self.rows = table_rows(cfg, n_users, n_items, n_topics)
+        if self.rows["topic"] > TOPIC_ROWS_WARN:
+            warnings.warn(
+                f"the topic table has {self.rows['topic']:,} rows: every scoring call looks up "
+                "each of them once (cheap for the tens of topics of usual worlds); set "
+                f"model.topic_rows (e.g. {TOPIC_ROWS_WARN:,}) to hash topics into fewer rows",
+                stacklevel=2)
         d, w = cfg.embedding_dim, cfg.head_width
         # Features (torchrec's pooled output keeps this order): user, history, the candidate
         # slots item_0 .. item_{S-1} (all reading the item table), topic; see request_features.
@@ -268,7 +281,7 @@ class Scorer(nn.Module):
                                   self.cfg.history_bag)
         pooled = self.ebc(kjt)  # KeyedTensor: values (N, F*D), one D-block per feature
         cols = feature_columns(pooled.keys(), pooled.length_per_key())
-        layout = PooledLayout.of(cols, b, c, r, d, self.n_ids["topic"], self.cfg.history_bag)
+        layout = PooledLayout.of(cols, b, c, r, d, self.rows["topic"], self.cfg.history_bag)
         # Requests in chunks of about HEAD_CHUNK_ROWS candidates: each chunk's (b, C, W)
         # activations stay in the CPU cache (measured ~4x faster than a whole serving batch).
         per_chunk = max(1, HEAD_CHUNK_ROWS[self.cfg.head_dtype] // c)
@@ -277,8 +290,8 @@ class Scorer(nn.Module):
         # (c < D) multiplies them by user vectors first: float32, as autocast would leave them.
         values = pooled.values()
         dtype = torch.bfloat16 if self.cfg.head_dtype == "bfloat16" and c >= d else values.dtype
-        user, *cand = HeadInputs.apply(values, layout, candidate_topics.long(), dtype,
-                                       per_chunk)
+        cand_topic = table_ids(candidate_topics, "topic", self.rows, self.n_ids).view(b, c)
+        user, *cand = HeadInputs.apply(values, layout, cand_topic, dtype, per_chunk)
         # One autocast region for all chunks: the weights are cast to bfloat16 once per call.
         with torch.autocast(user.device.type, dtype=torch.bfloat16,
                             enabled=self.cfg.head_dtype == "bfloat16"):
@@ -366,7 +379,7 @@ class PooledLayout:
     c: int
     r: int  # KJT rows per request: ceil(C / CANDIDATE_SLOTS)
     d: int  # embedding dim
-    n_topics: int  # topic bags: rows 0 .. n_topics - 1 of the topic column
+    topic_rows: int  # topic bags: table rows 0 .. topic_rows - 1, in rows of the topic column
     user: list[slice]  # columns of [u, h] (or [u]) in each request's first row, merged
     slots: list[slice]  # columns of item_0 .. item_{S-1}, one per slot
     slot_block: slice | None  # the same as one block when they are adjacent and in order
@@ -374,13 +387,13 @@ class PooledLayout:
     history: slice | None  # the history column (its padding bag is in the last row)
 
     @staticmethod
-    def of(cols: dict[str, slice], b: int, c: int, r: int, d: int, n_topics: int,
+    def of(cols: dict[str, slice], b: int, c: int, r: int, d: int, topic_rows: int,
            history_bag: bool) -> PooledLayout:
         """The layout from the pooled output's feature columns."""
         user = merge_adjacent([cols["user"], cols["history"]] if history_bag else [cols["user"]])
         slots = [cols[f"item_{s}"] for s in range(CANDIDATE_SLOTS)]
         block = merge_adjacent(slots)
-        return PooledLayout(b=b, c=c, r=r, d=d, n_topics=n_topics, user=user, slots=slots,
+        return PooledLayout(b=b, c=c, r=r, d=d, topic_rows=topic_rows, user=user, slots=slots,
                             slot_block=block[0] if len(block) == 1 else None,
                             topic=cols["topic"], history=cols["history"] if history_bag else None)
 
@@ -398,7 +411,8 @@ class PooledLayout:
 class HeadInputs(torch.autograd.Function):
     """Pooled embeddings -> the head's inputs, with a backward that writes one gradient buffer.
 
-    ``apply(values (N, F*D), layout, topics (B, C), dtype, per_chunk) -> (user, *cand)``:
+    ``apply(values (N, F*D), layout, topics (B, C), dtype, per_chunk) -> (user, *cand)``
+    (``topics``: each candidate's topic-table row, hashed where the table is smaller):
     ``user`` (B, U) = the user-side columns [u, h] of each request's first row (a copy);
     ``cand`` = the candidate features [i, t] (b_k, C, 2D) in ``dtype`` of consecutive chunks
     of ``per_chunk`` requests: ``i`` gathered from the request's slots, ``t`` the pooled row of
@@ -415,7 +429,7 @@ class HeadInputs(torch.autograd.Function):
         b, c, r, d = lay.b, lay.c, lay.r, lay.d
         firsts = values[0:b * r:r]  # (B, F*D) each request's first row
         user = torch.cat([firsts[:, s] for s in lay.user], dim=1)  # (B, U)
-        topic_rows = values[:lay.n_topics, lay.topic].to(dtype)  # (T, D)
+        topic_rows = values[:lay.topic_rows, lay.topic].to(dtype)  # (T, D)
         full = c == r * CANDIDATE_SLOTS  # every slot of every row holds a candidate
         chunks = []
         for lo in range(0, max(b, 1), per_chunk):  # an empty batch: one empty chunk
@@ -457,7 +471,7 @@ class HeadInputs(torch.autograd.Function):
             start = stop
         if lay.history is not None:
             grad[n_rows - 1, lay.history] = 0.0  # the history's padding bag
-        per_topic = grad.new_zeros((lay.n_topics, d))  # (T, D)
+        per_topic = grad.new_zeros((lay.topic_rows, d))  # (T, D)
         full = c == r * CANDIDATE_SLOTS
         lo = 0
         for part, n in zip(g_cand, ctx.chunk_rows):
@@ -473,9 +487,9 @@ class HeadInputs(torch.autograd.Function):
                 dst.copy_(items[:, :, where])
             if part is not None:
                 per_topic += sum_by_id(topics[lo:lo + n].reshape(-1),
-                                       part[:, :, d:].reshape(-1, d), lay.n_topics)
+                                       part[:, :, d:].reshape(-1, d), lay.topic_rows)
             lo += n
-        grad[:lay.n_topics, lay.topic] = per_topic
+        grad[:lay.topic_rows, lay.topic] = per_topic
         return grad, None, None, None, None
 
 
@@ -535,12 +549,12 @@ def check_inputs(
                lambda wanted=wanted, lo=lo, hi=hi: f"{wanted}, got values in [{int(lo)}, {int(hi)}]")
 
 
-def kjt_rows(b: int, c: int, n_topics: int) -> tuple[int, int]:
+def kjt_rows(b: int, c: int, topic_rows: int) -> tuple[int, int]:
     """(R, N) of :func:`request_features`: R = ceil(C / CANDIDATE_SLOTS) rows per request,
-    N = B*R + 1 rows in all (the last one holds the history's padding bag), at least n_topics
-    (the topic bags)."""
+    N = B*R + 1 rows in all (the last one holds the history's padding bag), at least
+    topic_rows (one bag per row of the topic table)."""
     r = max(1, -(-c // CANDIDATE_SLOTS))
-    return r, max(b * r + 1, n_topics)
+    return r, max(b * r + 1, topic_rows)
 
 
 def request_features(
@@ -558,32 +572,29 @@ def request_features(
     c = r*S + s is the one id of feature ``item_s`` in row b*R + r (S features reading the
     item table, so that a row carries S candidates and no bag is empty for C = R*S). ``user``
     and ``history`` have their bags in each request's first row; the history's padding sits
-    in the last row (:func:`history_bags`). ``topic`` holds every topic id once, in rows
-    0 .. T-1 (there are few topics: looking each up once per call instead of once per
-    candidate, the head gathers them by topic id, :class:`HeadInputs`); topics absent from
-    the batch get a zero gradient, a no-op for the fused optimizers. Every other bag is
-    empty. Ids are hashed where a table has fewer rows than ids.
+    in the last row (:func:`history_bags`). ``topic`` looks up every row of the topic table
+    once, in rows 0 .. T-1 (T = its rows; usual worlds have tens of topics: once per call
+    instead of once per candidate, the head gathers them by each candidate's row,
+    :class:`HeadInputs`; with very many topics set ``ModelConfig.topic_rows``, see
+    ``TOPIC_ROWS_WARN``); rows absent from the batch get a zero gradient, a no-op for the
+    fused optimizers. Every other bag is empty. Ids are hashed where a table has fewer rows
+    than ids (:func:`table_ids`).
 
     Why: fbgemm's CPU kernels cost per bag, empty or not; one row per candidate with the user
     side in a request's first row handed them 4 bags per candidate of which two were empty.
     """
     b, c = candidates.shape
     dev = candidates.device
-    r, n = kjt_rows(b, c, n_ids["topic"])
+    r, n = kjt_rows(b, c, rows["topic"])
     slots = CANDIDATE_SLOTS
-
-    def table_ids(ids: torch.Tensor, table: str) -> torch.Tensor:
-        ids = ids.reshape(-1).long()
-        return ids if rows[table] >= n_ids[table] else hash_ids(ids, rows[table], table)
-
     first_row = torch.zeros(n, dtype=torch.long, device=dev)  # (N,)
     first_row[0:b * r:r] = 1
-    keys, values, lengths = ["user"], [table_ids(users, "user")], [first_row]
+    keys, values, lengths = ["user"], [table_ids(users, "user", rows, n_ids)], [first_row]
     counts = [b]
     if history_bag:
         keys.append("history")
         ids, hist_len = history_bags(history, r, n)  # (B*H,), (N,)
-        values.append(table_ids(ids, "item"))
+        values.append(table_ids(ids, "item", rows, n_ids))
         lengths.append(hist_len)
         counts.append(ids.shape[0])
     # Candidate slots: request b's candidates padded to R*S, as (B, R, S).
@@ -599,20 +610,28 @@ def request_features(
     else:
         slot_ids = torch.cat([grid[:, :used[s], s].reshape(-1) for s in range(slots)])
     keys += [f"item_{s}" for s in range(slots)]
-    values.append(table_ids(slot_ids, "item"))
+    values.append(table_ids(slot_ids, "item", rows, n_ids))
     lengths.append(slot_len.view(-1))
     counts += [b * u for u in used]
-    n_topics = n_ids["topic"]
+    n_topic_rows = rows["topic"]
     topic_len = torch.zeros(n, dtype=torch.long, device=dev)
-    topic_len[:n_topics] = 1
+    topic_len[:n_topic_rows] = 1
     keys.append("topic")
-    values.append(table_ids(torch.arange(n_topics, device=dev), "topic"))
+    values.append(torch.arange(n_topic_rows, device=dev))  # every row of the topic table
     lengths.append(topic_len)
-    counts.append(n_topics)
+    counts.append(n_topic_rows)
     # Sizes per feature known from shapes: torchrec need not read them from the device.
     kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths),
                             stride=n, length_per_key=counts)
     return kjt, r
+
+
+def table_ids(ids: torch.Tensor, table: str, rows: dict[str, int],
+              n_ids: dict[str, int]) -> torch.Tensor:
+    """Flat int64 table rows (n,) of ids (any shape): the ids themselves, hashed where the
+    table has fewer rows than ids."""
+    ids = ids.reshape(-1).long()
+    return ids if rows[table] >= n_ids[table] else hash_ids(ids, rows[table], table)
 
 
 def history_bags(history: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -633,8 +652,8 @@ def history_bags(history: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, t
     lengths[0:b * r:r] = n_valid
     lengths[n - 1] = b * h - n_valid.sum()
     # Valid ids first, in request order (a stable sort on "is padding"), then the padding.
-    order = torch.sort((~valid).view(-1).to(torch.uint8), stable=True).indices  # (B*H,)
-    return history.view(-1)[order].clamp_min_(0), lengths
+    order = torch.sort((~valid).reshape(-1).to(torch.uint8), stable=True).indices  # (B*H,)
+    return history.reshape(-1)[order].clamp_min_(0), lengths
 
 
 @torch.no_grad()

@@ -345,6 +345,29 @@ def test_history_padding_is_ignored_wherever_it_sits():
     assert not torch.allclose(other, scores[0])
 
 
+def test_a_strided_history_scores_like_a_contiguous_one():
+    scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    users, history, cands, topics = batch(torch.Generator().manual_seed(1), b=4, c=12, h=8)
+    strided = history[:, ::2]  # (4, 4), not contiguous
+    with torch.no_grad():
+        torch.testing.assert_close(scorer(users, strided, cands, topics),
+                                   scorer(users, strided.contiguous(), cands, topics))
+
+
+def test_a_big_topic_table_warns_and_topic_rows_bound_the_lookups(monkeypatch):
+    """Every call looks up each topic-table row once: too many rows warn, naming the fix;
+    with topic_rows the call's topic bags are the table's rows, not the world's topics."""
+    monkeypatch.setattr(model_module, "TOPIC_ROWS_WARN", 4)
+    with pytest.warns(UserWarning, match="topic_rows"):
+        build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    hashed = CPU.model_copy(update={"topic_rows": 3})
+    scorer = build_scorer(hashed, U, I, T, torch.Generator().manual_seed(0))  # no warning
+    users, history, cands, _ = batch(torch.Generator().manual_seed(1), b=1, c=4)
+    kjt, _ = model_module.request_features(users, history, cands, scorer.rows, scorer.n_ids,
+                                           True)
+    assert kjt.to_dict()["topic"].values().tolist() == [0, 1, 2]
+
+
 def test_an_empty_batch_scores_to_an_empty_matrix():
     scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
     users, history, cands, topics = batch(torch.Generator().manual_seed(1), b=0, c=12)

@@ -129,6 +129,7 @@ def test_table_wise_cannot_hold_a_table_larger_than_one_rank():
     assert len(shards["user"]) == 2
 
 
+@pytest.mark.filterwarnings("ignore:the topic table has")  # 100k topics, on purpose
 def test_planner_failure_is_reported_with_the_tables():
     """Fits in total and table by table, but three equal tables cannot be split table-wise
     over two ranks: the planner finds no placement and the error still names everything."""
