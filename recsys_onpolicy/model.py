@@ -397,6 +397,11 @@ class PooledLayout:
                             slot_block=block[0] if len(block) == 1 else None,
                             topic=cols["topic"], history=cols["history"] if history_bag else None)
 
+    @property
+    def full(self) -> bool:
+        """Every slot of every row holds a candidate (C = R * CANDIDATE_SLOTS)."""
+        return self.c == self.r * CANDIDATE_SLOTS
+
     def slot_views(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, slice]]:
         """(view, slots) pairs covering the candidate slots of ``rows`` (n*R, F*D), the rows of
         n requests: views (n, R, s, D) of s consecutive slots (all S in one when adjacent)."""
@@ -430,17 +435,16 @@ class HeadInputs(torch.autograd.Function):
         firsts = values[0:b * r:r]  # (B, F*D) each request's first row
         user = torch.cat([firsts[:, s] for s in lay.user], dim=1)  # (B, U)
         topic_rows = values[:lay.topic_rows, lay.topic].to(dtype)  # (T, D)
-        full = c == r * CANDIDATE_SLOTS  # every slot of every row holds a candidate
         chunks = []
         for lo in range(0, max(b, 1), per_chunk):  # an empty batch: one empty chunk
             n = min(per_chunk, b - lo)
             out = values.new_empty((n, c, 2 * d), dtype=dtype)  # (n, C, 2D)
             # (n, R, S, D): the candidates' own columns, or a padded copy when slots are unused
-            items = (out[:, :, :d].view(n, r, CANDIDATE_SLOTS, d) if full
+            items = (out[:, :, :d].view(n, r, CANDIDATE_SLOTS, d) if lay.full
                      else values.new_empty((n, r, CANDIDATE_SLOTS, d), dtype=dtype))
             for src, where in lay.slot_views(values[lo * r:(lo + n) * r]):
                 items[:, :, where].copy_(src)
-            if not full:
+            if not lay.full:
                 out[:, :, :d].copy_(items.view(n, r * CANDIDATE_SLOTS, d)[:, :c])
             out[:, :, d:].copy_(topic_rows.index_select(0, topics[lo:lo + n].reshape(-1))
                                 .view(n, c, d))
@@ -472,12 +476,11 @@ class HeadInputs(torch.autograd.Function):
         if lay.history is not None:
             grad[n_rows - 1, lay.history] = 0.0  # the history's padding bag
         per_topic = grad.new_zeros((lay.topic_rows, d))  # (T, D)
-        full = c == r * CANDIDATE_SLOTS
         lo = 0
         for part, n in zip(g_cand, ctx.chunk_rows):
             if part is None:
                 items = grad.new_zeros((n, r, CANDIDATE_SLOTS, d))
-            elif full:
+            elif lay.full:
                 items = part[:, :, :d].view(n, r, CANDIDATE_SLOTS, d)
             else:  # unused slots get zeros (empty bags: never read)
                 items = part.new_zeros((n, r * CANDIDATE_SLOTS, d))
