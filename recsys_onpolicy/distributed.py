@@ -156,14 +156,13 @@ def fused_params(optimizer: str, lr: float, eps: float) -> dict:
 
 def shard_tables(
     module: nn.Module,
-    ebc_name: str,
-    plan: EmbeddingModuleShardingPlan,
+    plans: dict[str, EmbeddingModuleShardingPlan],
     sharder: EmbeddingBagCollectionSharder,
     device: torch.device,
     pg: dist.ProcessGroup,
 ) -> DistributedModelParallel:
-    """Wrap ``module`` in DMP; its submodule ``ebc_name`` (an EmbeddingBagCollection on 'meta')
-    becomes a sharded collection placed by ``plan`` with fused TBE tables trained by
+    """Wrap ``module`` in DMP; each of its submodules named in ``plans`` (EmbeddingBagCollections
+    on 'meta') becomes a sharded collection placed by its plan, with fused TBE tables trained by
     ``sharder``'s fused optimizer; dense parameters get DDP with more than one rank."""
     world = dist.get_world_size(pg)
     if world > 1 and not comm_ops.get_gradient_division():
@@ -176,7 +175,7 @@ def shard_tables(
             module,
             env=ShardingEnv.from_process_group(pg),
             device=device,
-            plan=ShardingPlan({ebc_name: plan}),
+            plan=ShardingPlan(dict(plans)),
             sharders=[sharder],
             init_data_parallel=world > 1,  # DDP for dense grads only with more than one rank
         )

@@ -363,7 +363,7 @@ def shared_base_policy(config: RecsysRunConfig, cache_dir: str | Path | None) ->
     path = Path(cache_dir) / f"pi0-{base_key(config)}.pt"  # base_policy's cache file
     saved = from_main(lambda: load_state(path) if path.is_file() else None)
     if saved is not None:
-        return BasePolicy(**saved)
+        return BasePolicy.from_dict(saved)
     base = base_policy(config, None)
     if is_main():
         save_atomic(base.to_dict(), path)
@@ -379,7 +379,7 @@ def load_base(config: RecsysRunConfig, cache_dir: str | Path | None,
     if own_copy is not None:
         saved = from_main(lambda: load_state(own_copy) if own_copy.is_file() else None)
         if saved is not None and saved.get("key") == base_key(config):
-            return BasePolicy(**saved)
+            return BasePolicy.from_dict(saved)
     base = shared_base_policy(config, cache_dir)
     if own_copy is not None and is_main():
         save_atomic(base.to_dict(), own_copy)

@@ -5,10 +5,12 @@ Three parts, top to bottom:
 - :class:`ModelConfig`: the knobs. Sparse capacity = embedding dim and table sizes (a table with
   fewer rows than ids hashes the ids into it); dense capacity = head width and depth.
 - :class:`Scorer`: a plain ``nn.Module``. ``forward(users (B,), history (B,H), candidates (B,C),
-  candidate_topics (B,C)) -> (B,C)`` click logits. One torchrec ``EmbeddingBagCollection`` holds
-  three tables: ``user``, ``item`` (two features read it: the candidate item and the click-history
-  bag, a mean over the user's recent clicks) and ``topic``. The user side (user row, history bag,
-  and its share of the head's first layer) is computed once per request, not once per candidate.
+  candidate_topics (B,C)) -> (B,C)`` click logits. Three tables in two torchrec
+  ``EmbeddingBagCollection`` modules: ``item_ebc`` holds ``item`` (one feature: a bag per candidate
+  and a click-history bag per request, a mean over the user's recent clicks), ``request_ebc``
+  holds ``user`` and ``topic`` (a bag per request, and one per topic-table row). The user side
+  (user row, history bag, and its share of the head's first layer) is computed once per
+  request, not once per candidate.
 - :class:`TrainableScorer`: the scorer wrapped in torchrec's ``DistributedModelParallel``
   (world size 1 unless a bigger process group exists), so that the tables live in fbgemm's fused
   TBE kernel and are updated *inside* backward by a fused sparse optimizer (row-wise Adagrad by
@@ -34,12 +36,13 @@ How it is computed (speed; the function is the one above, up to float rounding):
 - Requests go through the head in chunks of ``HEAD_CHUNK_ROWS`` candidates (by head dtype),
   whose activations stay in the CPU cache; without grad, :meth:`TrainableScorer.score` also
   cuts big batches into pieces of ``SCORE_CHUNK_ROWS`` candidates (embedding lookups included).
-- The embedding lookups go to fbgemm in rows of ``CANDIDATE_SLOTS`` candidates (one feature
-  per slot, all reading the item table), with the user side in a request's first row and
-  every topic looked up once per call (:func:`request_features`): fbgemm's CPU kernels cost
-  per bag, and the former layout of one row per candidate handed them four bags per
-  candidate, half of them empty. :class:`HeadInputs` gathers the head's inputs from that
-  layout (in the head's dtype) and writes their gradient into one buffer.
+- The embedding lookups are laid out for fbgemm's CPU kernels (:func:`item_features`,
+  :func:`request_features`), which cost per bag, empty or not, and whose fused row-wise
+  Adagrad backward is multi-threaded only for a table that one feature reads: the item table
+  has one feature with a bag per candidate and per history, in a collection of its own, so
+  that the user and topic bags (one per request, one per topic row) need not be as many.
+  :class:`HeadInputs` gathers the head's inputs from the two outputs (in the head's dtype)
+  and writes their gradients into one buffer each.
 - ``head_dtype: bfloat16`` (opt-in) runs the head's products under ``torch.autocast`` in
   bfloat16; weights, optimizer state, tables and the returned logits stay float32.
 
@@ -47,10 +50,7 @@ Measured back to back against the plain concatenation head on the shared 2-core 
 (1M users x 100k items, D = 32, W = 64, C = 100, load ~1.7): scoring a serving batch of 4096
 requests 0.35 s -> 0.15 s wall (0.56 -> 0.20 CPU s); a GRPO update of 512 requests 0.093 s ->
 0.075 s (0.152 -> 0.099 CPU s); BCE training on served items (C = K = 10) unchanged.
-The candidate-slot layout, against one row per candidate (same machine, alternated): fbgemm's
-forward + backward of a 512-request GRPO update's lookups 4.5 + 9.5-10.4 ms -> 2.2-2.7 +
-5.9-6.7 ms; a GRPO update (``bench/train.py`` setting) 44-46 -> 38-43 ms with the bfloat16 head,
-54-60 -> 52-57 ms in float32; serving 4096 requests (bfloat16) 115-122 -> 87-113 ms.
+LOOKUP_MEASUREMENTS
 
 Id hashing (sparse capacity): a table with ``rows`` < ``n_ids`` maps an id ``x`` to
 ``((a * x + b) mod p) mod rows`` with ``p = 2**31 - 1`` (the Carter-Wegman universal family),
@@ -111,10 +111,11 @@ TABLES = ("user", "item", "topic")
 HEAD_CHUNK_ROWS = {"float32": 8192, "bfloat16": 32768}
 # Candidate rows per call of the model when scoring without grad (TrainableScorer.score).
 SCORE_CHUNK_ROWS = 51_200
-# Candidates per KJT row: features item_0 .. item_{S-1} of the item table (request_features).
-# 10 = the default slate size K, so BCE on served slates fills one row per request; serving
-# C = 100 candidates fills 10.
-CANDIDATE_SLOTS = 10
+# The torchrec collection holding each table (Scorer): the item table alone in one, so that
+# one feature reads it (fbgemm's fused row-wise Adagrad backward on the CPU is multi-threaded
+# only for such a table) and its bags (one per candidate) do not set the bag count of the others.
+TABLE_COLLECTION = {"user": "request_ebc", "item": "item_ebc", "topic": "request_ebc"}
+COLLECTIONS = ("request_ebc", "item_ebc")
 # Largest one-hot matrix (ids x distinct ids) sum_by_id builds on CUDA: 16M entries, 192 MB at
 # the peak (one_hot's int64 matrix and its float32 copy).
 ONE_HOT_MAX_ENTRIES = 2**24
@@ -236,22 +237,15 @@ class Scorer(nn.Module):
                 f"model.topic_rows (e.g. {TOPIC_ROWS_WARN:,}) to hash topics into fewer rows",
                 stacklevel=2)
         d, w = cfg.embedding_dim, cfg.head_width
-        # Features (torchrec's pooled output keeps this order): user, history, the candidate
-        # slots item_0 .. item_{S-1} (all reading the item table), topic; see request_features.
-        slot_features = [f"item_{s}" for s in range(CANDIDATE_SLOTS)]
-        item_features = (["history"] if cfg.history_bag else []) + slot_features
-        features = {"user": ["user"], "item": item_features, "topic": ["topic"]}
-        self.ebc = EmbeddingBagCollection(
-            tables=[
-                # MEAN pooling: the history bag is a mean; single-id bags are the row itself.
-                EmbeddingBagConfig(
-                    name=t, embedding_dim=d, num_embeddings=self.rows[t],
-                    feature_names=features[t], pooling=PoolingType.MEAN,
-                )
-                for t in TABLES
-            ],
-            device=torch.device("meta"),
-        )
+        # One feature per table, named after it (item_features, request_features). MEAN
+        # pooling: the history bag is a mean; single-id bags are the row itself.
+        for name in COLLECTIONS:
+            setattr(self, name, EmbeddingBagCollection(
+                tables=[EmbeddingBagConfig(name=t, embedding_dim=d, num_embeddings=self.rows[t],
+                                           feature_names=[t], pooling=PoolingType.MEAN)
+                        for t in TABLES if TABLE_COLLECTION[t] == name],
+                device=torch.device("meta"),
+            ))
         n_user_vecs = 2 if cfg.history_bag else 1
         n_cand = 2 + 2 * n_user_vecs  # [i, t] and the products of each user vector with i and t
         with torch.device("meta"):
@@ -277,21 +271,22 @@ class Scorer(nn.Module):
         check_inputs(users, history, candidates, candidate_topics, self.n_ids, self.cfg.history_bag)
         b, c = candidates.shape
         d = self.cfg.embedding_dim
-        kjt, r = request_features(users, history, candidates, self.rows, self.n_ids,
-                                  self.cfg.history_bag)
-        pooled = self.ebc(kjt)  # KeyedTensor: values (N, F*D), one D-block per feature
-        cols = feature_columns(pooled.keys(), pooled.length_per_key())
-        layout = PooledLayout.of(cols, b, c, r, d, self.rows["topic"], self.cfg.history_bag)
+        items = self.item_ebc(item_features(history, candidates, self.rows, self.n_ids,
+                                            self.cfg.history_bag)).values()  # (N_i, D)
+        side = self.request_ebc(request_features(users, self.rows, self.n_ids))  # (N_r, 2D)
+        # Columns by name: their order depends on the sharding plan.
+        cols = feature_columns(side.keys(), side.length_per_key())
+        layout = PooledLayout(b=b, c=c, d=d, topic_rows=self.rows["topic"], user=cols["user"],
+                              topic=cols["topic"], history=self.cfg.history_bag)
         # Requests in chunks of about HEAD_CHUNK_ROWS candidates: each chunk's (b, C, W)
         # activations stay in the CPU cache (measured ~4x faster than a whole serving batch).
         per_chunk = max(1, HEAD_CHUNK_ROWS[self.cfg.head_dtype] // c)
         # The regrouped first layer (c >= D) multiplies [i, t] as they are: hand them over in
         # the head's dtype (one copy instead of a copy and autocast's cast). The product path
         # (c < D) multiplies them by user vectors first: float32, as autocast would leave them.
-        values = pooled.values()
-        dtype = torch.bfloat16 if self.cfg.head_dtype == "bfloat16" and c >= d else values.dtype
+        dtype = torch.bfloat16 if self.cfg.head_dtype == "bfloat16" and c >= d else items.dtype
         cand_topic = table_ids(candidate_topics, "topic", self.rows, self.n_ids).view(b, c)
-        user, *cand = HeadInputs.apply(values, layout, cand_topic, dtype, per_chunk)
+        user, *cand = HeadInputs.apply(items, side.values(), layout, cand_topic, dtype, per_chunk)
         # One autocast region for all chunks: the weights are cast to bfloat16 once per call.
         with torch.autocast(user.device.type, dtype=torch.bfloat16,
                             enabled=self.cfg.head_dtype == "bfloat16"):
@@ -345,7 +340,15 @@ class Scorer(nn.Module):
 
     def dense_named_parameters(self) -> dict[str, nn.Parameter]:
         """The head's parameters by name (everything outside the embedding tables)."""
-        return {n: p for n, p in self.named_parameters() if not n.startswith("ebc.")}
+        return {n: p for n, p in self.named_parameters() if n.split(".")[0] not in COLLECTIONS}
+
+    def collections(self) -> dict[str, EmbeddingBagCollection]:
+        """The torchrec collections by attribute name (``request_ebc``, ``item_ebc``)."""
+        return {name: getattr(self, name) for name in COLLECTIONS}
+
+    def table_weights(self) -> dict[str, torch.Tensor]:
+        """Each table's (rows, D) weight by table name (of an unsharded scorer)."""
+        return {t: getattr(self, TABLE_COLLECTION[t]).embedding_bags[t].weight for t in TABLES}
 
 
 def feature_columns(keys: list[str], lengths: list[int]) -> dict[str, slice]:
@@ -357,100 +360,58 @@ def feature_columns(keys: list[str], lengths: list[int]) -> dict[str, slice]:
     return out
 
 
-def merge_adjacent(slices: list[slice]) -> list[slice]:
-    """Column slices with touching neighbours joined ([0:4], [4:8] -> [0:8])."""
-    out = [slices[0]]
-    for sl in slices[1:]:
-        if out[-1].stop == sl.start:
-            out[-1] = slice(out[-1].start, sl.stop)
-        else:
-            out.append(sl)
-    return out
-
-
 @dataclass(frozen=True)
 class PooledLayout:
-    """Where the head's inputs sit in the pooled embeddings (N, F*D) of one call
-    (:func:`request_features`): B requests of C candidates, R rows a request. Feature columns
-    follow torchrec's output order, which depends on the sharding plan (table-wise sharding
-    over several ranks puts each rank's tables together), so blocks are looked up by name."""
+    """Where the head's inputs sit in the two pooled outputs of one call of B requests of C
+    candidates: the item collection's (N_i, D) (:func:`item_features`: candidates in rows
+    0 .. B*C-1, request by request, then the history bags) and the request collection's
+    (N_r, 2D) (:func:`request_features`: user rows 0 .. B-1, topic rows 0 .. T-1), whose two
+    feature columns are found by name (their order depends on the sharding plan)."""
 
     b: int
     c: int
-    r: int  # KJT rows per request: ceil(C / CANDIDATE_SLOTS)
     d: int  # embedding dim
-    topic_rows: int  # topic bags: table rows 0 .. topic_rows - 1, in rows of the topic column
-    user: list[slice]  # columns of [u, h] (or [u]) in each request's first row, merged
-    slots: list[slice]  # columns of item_0 .. item_{S-1}, one per slot
-    slot_block: slice | None  # the same as one block when they are adjacent and in order
-    topic: slice  # the topic column
-    history: slice | None  # the history column (its padding bag is in the last row)
-
-    @staticmethod
-    def of(cols: dict[str, slice], b: int, c: int, r: int, d: int, topic_rows: int,
-           history_bag: bool) -> PooledLayout:
-        """The layout from the pooled output's feature columns."""
-        user = merge_adjacent([cols["user"], cols["history"]] if history_bag else [cols["user"]])
-        slots = [cols[f"item_{s}"] for s in range(CANDIDATE_SLOTS)]
-        block = merge_adjacent(slots)
-        return PooledLayout(b=b, c=c, r=r, d=d, topic_rows=topic_rows, user=user, slots=slots,
-                            slot_block=block[0] if len(block) == 1 else None,
-                            topic=cols["topic"], history=cols["history"] if history_bag else None)
-
-    @property
-    def full(self) -> bool:
-        """Every slot of every row holds a candidate (C = R * CANDIDATE_SLOTS)."""
-        return self.c == self.r * CANDIDATE_SLOTS
-
-    def slot_views(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, slice]]:
-        """(view, slots) pairs covering the candidate slots of ``rows`` (n*R, F*D), the rows of
-        n requests: views (n, R, s, D) of s consecutive slots (all S in one when adjacent)."""
-        n = rows.shape[0] // self.r
-        if self.slot_block is not None:
-            return [(rows[:, self.slot_block].view(n, self.r, CANDIDATE_SLOTS, self.d),
-                     slice(0, CANDIDATE_SLOTS))]
-        return [(rows[:, col].view(n, self.r, 1, self.d), slice(s, s + 1))
-                for s, col in enumerate(self.slots)]
+    topic_rows: int  # topic bags: table rows 0 .. topic_rows - 1
+    user: slice  # the user column of the request collection's output
+    topic: slice  # its topic column
+    history: bool  # history bags in item rows B*C .. B*C+B-1, the padding bag in the last row
 
 
 class HeadInputs(torch.autograd.Function):
-    """Pooled embeddings -> the head's inputs, with a backward that writes one gradient buffer.
+    """The two pooled outputs -> the head's inputs, with a backward that writes one gradient
+    buffer per output.
 
-    ``apply(values (N, F*D), layout, topics (B, C), dtype, per_chunk) -> (user, *cand)``
-    (``topics``: each candidate's topic-table row, hashed where the table is smaller):
-    ``user`` (B, U) = the user-side columns [u, h] of each request's first row (a copy);
-    ``cand`` = the candidate features [i, t] (b_k, C, 2D) in ``dtype`` of consecutive chunks
-    of ``per_chunk`` requests: ``i`` gathered from the request's slots, ``t`` the pooled row of
-    the candidate's topic (every topic is looked up once per call, :func:`request_features`).
+    ``apply(items (N_i, D), side (N_r, 2D), layout, topics (B, C), dtype, per_chunk) ->
+    (user, *cand)`` (``topics``: each candidate's topic-table row, hashed where the table is
+    smaller): ``user`` (B, U) = [u, h] (or [u]) of each request (a copy); ``cand`` = the
+    candidate features [i, t] (b_k, C, 2D) in ``dtype`` of consecutive chunks of ``per_chunk``
+    requests: ``i`` the candidate's own item row, ``t`` the pooled row of its topic (every
+    topic is looked up once per call, :func:`request_features`).
 
-    Backward: one (N, F*D) buffer; the topic gradients are summed per topic (so the table
-    update sees the same per-row sum as one lookup per candidate, up to float rounding); the
-    gradient rows of empty bags are left unwritten (the TBE backward never reads them: tested
-    with NaN there, ``EMPTY_BAG_GRAD``) and the history's padding bag gets zeros.
+    Backward: the topic gradients are summed per topic (so the table update sees the same
+    per-row sum as one lookup per candidate, up to float rounding); the gradient rows of the
+    request collection's empty bags are left unwritten (the TBE backward never reads them:
+    tested with NaN there, ``EMPTY_BAG_GRAD``) and the history's padding bag gets zeros.
     """
 
     @staticmethod
-    def forward(ctx, values, lay, topics, dtype, per_chunk):
-        b, c, r, d = lay.b, lay.c, lay.r, lay.d
-        firsts = values[0:b * r:r]  # (B, F*D) each request's first row
-        user = torch.cat([firsts[:, s] for s in lay.user], dim=1)  # (B, U)
-        topic_rows = values[:lay.topic_rows, lay.topic].to(dtype)  # (T, D)
+    def forward(ctx, items, side, lay, topics, dtype, per_chunk):
+        b, c, d = lay.b, lay.c, lay.d
+        parts = [side[:b, lay.user]] + ([items[b * c:b * c + b]] if lay.history else [])
+        user = torch.cat(parts, dim=1)  # (B, U), a copy
+        topic_rows = side[:lay.topic_rows, lay.topic].to(dtype)  # (T, D)
+        cand_items = items[:b * c].view(b, c, d)  # (B, C, D)
         chunks = []
         for lo in range(0, max(b, 1), per_chunk):  # an empty batch: one empty chunk
             n = min(per_chunk, b - lo)
-            out = values.new_empty((n, c, 2 * d), dtype=dtype)  # (n, C, 2D)
-            # (n, R, S, D): the candidates' own columns, or a padded copy when slots are unused
-            items = (out[:, :, :d].view(n, r, CANDIDATE_SLOTS, d) if lay.full
-                     else values.new_empty((n, r, CANDIDATE_SLOTS, d), dtype=dtype))
-            for src, where in lay.slot_views(values[lo * r:(lo + n) * r]):
-                items[:, :, where].copy_(src)
-            if not lay.full:
-                out[:, :, :d].copy_(items.view(n, r * CANDIDATE_SLOTS, d)[:, :c])
+            out = items.new_empty((n, c, 2 * d), dtype=dtype)  # (n, C, 2D)
+            out[:, :, :d].copy_(cand_items[lo:lo + n])
             out[:, :, d:].copy_(topic_rows.index_select(0, topics[lo:lo + n].reshape(-1))
                                 .view(n, c, d))
             chunks.append(out)
         ctx.save_for_backward(topics)
-        ctx.lay, ctx.shape, ctx.chunk_rows = lay, values.shape, [x.shape[0] for x in chunks]
+        ctx.lay, ctx.shapes = lay, (items.shape, side.shape)
+        ctx.chunk_rows = [x.shape[0] for x in chunks]
         ctx.set_materialize_grads(False)
         return (user, *chunks)
 
@@ -458,42 +419,33 @@ class HeadInputs(torch.autograd.Function):
     def backward(ctx, g_user, *g_cand):
         (topics,) = ctx.saved_tensors
         lay = ctx.lay
-        b, c, r, d = lay.b, lay.c, lay.r, lay.d
-        n_rows, width = ctx.shape
+        b, c, d = lay.b, lay.c, lay.d
         ref = g_user if g_user is not None else next(g for g in g_cand if g is not None)
-        grad = ref.new_empty((n_rows, width), dtype=torch.float32)  # (N, F*D)
+        g_items = ref.new_empty(ctx.shapes[0], dtype=torch.float32)  # (N_i, D): every row set
+        g_side = ref.new_empty(ctx.shapes[1], dtype=torch.float32)  # (N_r, 2D)
         if EMPTY_BAG_GRAD is not None:
-            grad.fill_(EMPTY_BAG_GRAD)
-        firsts = grad[0:b * r:r]  # (B, F*D) each request's first row
-        start = 0
-        for s in lay.user:
-            stop = start + s.stop - s.start
-            if g_user is None:
-                firsts[:, s] = 0.0
-            else:
-                firsts[:, s] = g_user[:, start:stop]
-            start = stop
-        if lay.history is not None:
-            grad[n_rows - 1, lay.history] = 0.0  # the history's padding bag
-        per_topic = grad.new_zeros((lay.topic_rows, d))  # (T, D)
+            g_side.fill_(EMPTY_BAG_GRAD)
+        if g_user is None:
+            g_side[:b, lay.user] = 0.0
+            g_items[b * c:] = 0.0
+        else:
+            g_side[:b, lay.user] = g_user[:, :d]
+            if lay.history:
+                g_items[b * c:b * c + b] = g_user[:, d:2 * d]
+                g_items[b * c + b:] = 0.0  # the history's padding bag
+        g_cand_items = g_items[:b * c].view(b, c, d)  # (B, C, D)
+        per_topic = g_side.new_zeros((lay.topic_rows, d))  # (T, D)
         lo = 0
         for part, n in zip(g_cand, ctx.chunk_rows):
             if part is None:
-                items = grad.new_zeros((n, r, CANDIDATE_SLOTS, d))
-            elif lay.full:
-                items = part[:, :, :d].view(n, r, CANDIDATE_SLOTS, d)
-            else:  # unused slots get zeros (empty bags: never read)
-                items = part.new_zeros((n, r * CANDIDATE_SLOTS, d))
-                items[:, :c] = part[:, :, :d]
-                items = items.view(n, r, CANDIDATE_SLOTS, d)
-            for dst, where in lay.slot_views(grad[lo * r:(lo + n) * r]):
-                dst.copy_(items[:, :, where])
-            if part is not None:
+                g_cand_items[lo:lo + n] = 0.0
+            else:
+                g_cand_items[lo:lo + n] = part[:, :, :d]
                 per_topic += sum_by_id(topics[lo:lo + n].reshape(-1),
                                        part[:, :, d:].reshape(-1, d), lay.topic_rows)
             lo += n
-        grad[:lay.topic_rows, lay.topic] = per_topic
-        return grad, None, None, None, None
+        g_side[:lay.topic_rows, lay.topic] = per_topic
+        return g_items, g_side, None, None, None, None
 
 
 def sum_by_id(ids: torch.Tensor, rows: torch.Tensor, n_ids: int,
@@ -552,81 +504,78 @@ def check_inputs(
                lambda wanted=wanted, lo=lo, hi=hi: f"{wanted}, got values in [{int(lo)}, {int(hi)}]")
 
 
-def kjt_rows(b: int, c: int, topic_rows: int) -> tuple[int, int]:
-    """(R, N) of :func:`request_features`: R = ceil(C / CANDIDATE_SLOTS) rows per request,
-    N = B*R + 1 rows in all (the last one holds the history's padding bag), at least
-    topic_rows (one bag per row of the topic table)."""
-    r = max(1, -(-c // CANDIDATE_SLOTS))
-    return r, max(b * r + 1, topic_rows)
-
-
-def request_features(
-    users: torch.Tensor,
+def item_features(
     history: torch.Tensor,
     candidates: torch.Tensor,
     rows: dict[str, int],
     n_ids: dict[str, int],
     history_bag: bool,
-) -> tuple[KeyedJaggedTensor, int]:
-    """Pack a batch into one KJT of N rows (bags per feature) and return it with R, the rows
-    per request (:func:`kjt_rows`).
+) -> KeyedJaggedTensor:
+    """The item collection's KJT (one feature, ``item``) of a batch of B requests of C
+    candidates: bag b*C + j holds request b's candidate j (so the pooled rows 0 .. B*C-1 are
+    the (B, C, D) candidate embeddings, no gather needed); with the history bag, bag B*C + b is
+    request b's history and the last bag all of the history's padding (:func:`history_bags`),
+    N_i = B*C + B + 1 bags; without it N_i = B*C. Ids are hashed where the table has fewer
+    rows than ids (:func:`table_ids`).
 
-    Layout (S = CANDIDATE_SLOTS): request b owns rows b*R .. b*R + R - 1, and its candidate
-    c = r*S + s is the one id of feature ``item_s`` in row b*R + r (S features reading the
-    item table, so that a row carries S candidates and no bag is empty for C = R*S). ``user``
-    and ``history`` have their bags in each request's first row; the history's padding sits
-    in the last row (:func:`history_bags`). ``topic`` looks up every row of the topic table
-    once, in rows 0 .. T-1 (T = its rows; usual worlds have tens of topics: once per call
-    instead of once per candidate, the head gathers them by each candidate's row,
-    :class:`HeadInputs`; with very many topics set ``ModelConfig.topic_rows``, see
-    ``TOPIC_ROWS_WARN``); rows absent from the batch get a zero gradient, a no-op for the
-    fused optimizers. Every other bag is empty. Ids are hashed where a table has fewer rows
-    than ids (:func:`table_ids`).
-
-    Why: fbgemm's CPU kernels cost per bag, empty or not; one row per candidate with the user
-    side in a request's first row handed them 4 bags per candidate of which two were empty.
-    """
+    Why this layout: fbgemm's CPU kernels cost per bag, empty or not, and their fused
+    row-wise Adagrad backward runs multi-threaded only for a table that one feature reads
+    (with several features reading the item table it ran a scalar loop on one thread)."""
     b, c = candidates.shape
     dev = candidates.device
-    r, n = kjt_rows(b, c, rows["topic"])
-    slots = CANDIDATE_SLOTS
-    first_row = torch.zeros(n, dtype=torch.long, device=dev)  # (N,)
-    first_row[0:b * r:r] = 1
-    keys, values, lengths = ["user"], [table_ids(users, "user", rows, n_ids)], [first_row]
-    counts = [b]
+    values = [table_ids(candidates, "item", rows, n_ids)]  # (B*C,)
+    lengths = [torch.ones(b * c, dtype=torch.long, device=dev)]
     if history_bag:
-        keys.append("history")
-        ids, hist_len = history_bags(history, r, n)  # (B*H,), (N,)
+        ids, hist_len = history_bags(history)  # (B*H,), (B + 1,)
         values.append(table_ids(ids, "item", rows, n_ids))
         lengths.append(hist_len)
-        counts.append(ids.shape[0])
-    # Candidate slots: request b's candidates padded to R*S, as (B, R, S).
-    pad = r * slots - c
-    grid = candidates if pad == 0 else torch.cat([candidates, candidates.new_zeros(b, pad)], 1)
-    grid = grid.view(b, r, slots)
-    used = [max(0, -(-(c - s) // slots)) for s in range(slots)]  # rows of a request using slot s
-    in_use = (torch.arange(r * slots, device=dev) < c).view(r, slots).t()  # (S, R)
-    slot_len = torch.zeros(slots, n, dtype=torch.long, device=dev)  # (S, N)
-    slot_len[:, :b * r].view(slots, b, r).copy_(in_use[:, None, :].expand(slots, b, r))
-    if pad == 0:
-        slot_ids = grid.permute(2, 0, 1).reshape(-1)  # (S*B*R,) slot-major, then row order
-    else:
-        slot_ids = torch.cat([grid[:, :used[s], s].reshape(-1) for s in range(slots)])
-    keys += [f"item_{s}" for s in range(slots)]
-    values.append(table_ids(slot_ids, "item", rows, n_ids))
-    lengths.append(slot_len.view(-1))
-    counts += [b * u for u in used]
+    ids = torch.cat(values) if len(values) > 1 else values[0]
+    length = torch.cat(lengths) if len(lengths) > 1 else lengths[0]
+    # The id count is known from shapes: torchrec need not read it from the device.
+    return KeyedJaggedTensor(keys=["item"], values=ids, lengths=length,
+                             stride=length.shape[0], length_per_key=[ids.shape[0]])
+
+
+def request_features(users: torch.Tensor, rows: dict[str, int],
+                     n_ids: dict[str, int]) -> KeyedJaggedTensor:
+    """The request collection's KJT of B requests: N_r = max(B, T) bags per feature, ``user``
+    in bags 0 .. B-1 (request b's user row) and ``topic`` looking up every row of the topic
+    table once, in bags 0 .. T-1 (T = its rows; usual worlds have tens of topics: once per call
+    instead of once per candidate, the head gathers them by each candidate's row,
+    :class:`HeadInputs`; with very many topics set ``ModelConfig.topic_rows``, see
+    ``TOPIC_ROWS_WARN``). Rows absent from the batch get a zero gradient, a no-op for the
+    fused optimizers. Every other bag is empty."""
+    b = users.shape[0]
+    dev = users.device
     n_topic_rows = rows["topic"]
+    n = max(b, n_topic_rows)
+    user_len = torch.zeros(n, dtype=torch.long, device=dev)  # (N_r,)
+    user_len[:b] = 1
     topic_len = torch.zeros(n, dtype=torch.long, device=dev)
     topic_len[:n_topic_rows] = 1
-    keys.append("topic")
-    values.append(torch.arange(n_topic_rows, device=dev))  # every row of the topic table
-    lengths.append(topic_len)
-    counts.append(n_topic_rows)
-    # Sizes per feature known from shapes: torchrec need not read them from the device.
-    kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths),
-                            stride=n, length_per_key=counts)
-    return kjt, r
+    values = torch.cat([table_ids(users, "user", rows, n_ids),
+                        torch.arange(n_topic_rows, device=dev)])  # every row of the topic table
+    return KeyedJaggedTensor(keys=["user", "topic"], values=values,
+                             lengths=torch.cat([user_len, topic_len]), stride=n,
+                             length_per_key=[b, n_topic_rows])
+
+
+def table_key(table: str) -> str:
+    """The state-dict key of a table's weight (``item_ebc.embedding_bags.item.weight``)."""
+    return f"{TABLE_COLLECTION[table]}.embedding_bags.{table}.weight"
+
+
+def upgrade_state(state: dict) -> dict:
+    """A :meth:`TrainableScorer.state_dict` saved before the tables were split into two
+    collections (all three in ``ebc``, keys ``ebc.embedding_bags.<table>.weight``) with the
+    current keys (:func:`table_key`); the tensors are the same. Any other state is returned
+    as it is."""
+    old = {f"ebc.embedding_bags.{t}.weight": table_key(t) for t in TABLES}
+    if not any(k in old for k in state.get("model", {})):
+        return state
+    rename = lambda d: {old.get(k, k): v for k, v in d.items()}
+    return {**state, "model": rename(state["model"]),
+            "sparse_optimizer": rename(state.get("sparse_optimizer", {}))}
 
 
 def table_ids(ids: torch.Tensor, table: str, rows: dict[str, int],
@@ -637,23 +586,19 @@ def table_ids(ids: torch.Tensor, table: str, rows: dict[str, int],
     return ids if rows[table] >= n_ids[table] else hash_ids(ids, rows[table], table)
 
 
-def history_bags(history: torch.Tensor, r: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The history feature's ids (B*H,) and bag lengths (N,) for histories (B, H), -1 padded,
-    in :func:`request_features`' layout of N rows, R per request.
+def history_bags(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The history bags' ids (B*H,) and lengths (B + 1,) for histories (B, H), -1 padded.
 
-    Each request's valid ids, in order, form its bag in its first row (b*R, the one the head
-    reads). All the padding follows as id 0 in one bag in the last row (N - 1), so that there
-    are B*H ids whatever the data: no host round trip on CUDA (dropping the padding with a
-    boolean mask needs one). That bag's output is never read and its gradient row is zero
-    (:class:`HeadInputs`), so no optimizer changes the row it looks up (a zero gradient is a
-    no-op for SGD and Adagrad).
+    Bag b holds request b's valid ids, in order. All the padding follows as id 0 in one last
+    bag, so that there are B*H ids whatever the data: no host round trip on CUDA (dropping the
+    padding with a boolean mask needs one). That bag's output is never read and its gradient
+    row is zero (:class:`HeadInputs`), so no optimizer changes the row it looks up (a zero
+    gradient is a no-op for SGD and Adagrad).
     """
     b, h = history.shape
     valid = history >= 0  # (B, H)
     n_valid = valid.sum(dim=1)  # (B,)
-    lengths = torch.zeros(n, dtype=torch.long, device=history.device)  # (N,)
-    lengths[0:b * r:r] = n_valid
-    lengths[n - 1] = b * h - n_valid.sum()
+    lengths = torch.cat([n_valid, (b * h - n_valid.sum()).reshape(1)])  # (B + 1,)
     # Valid ids first, in request order (a stable sort on "is padding"), then the padding.
     order = torch.sort((~valid).reshape(-1).to(torch.uint8), stable=True).indices  # (B*H,)
     return history.reshape(-1)[order].clamp_min_(0), lengths
@@ -702,8 +647,7 @@ def build_scorer(
     :class:`TrainableScorer` instead."""
     device = resolve_device(cfg.device) if device is None else device
     scorer = _plain_scorer(cfg, n_users, n_items, n_topics, device)
-    tables = {t: scorer.ebc.embedding_bags[t].weight for t in TABLES}
-    init_weights(tables, scorer.dense_named_parameters(), gen, cfg.embedding_init_std,
+    init_weights(scorer.table_weights(), scorer.dense_named_parameters(), gen, cfg.embedding_init_std,
                  scorer.table_shapes())
     return scorer
 
@@ -717,7 +661,7 @@ def check_plan(cfg: ModelConfig, n_users: int, n_items: int, n_topics: int,
     scorer = Scorer(cfg, n_users, n_items, n_topics, torch.device("meta"))
     sharder = EmbeddingBagCollectionSharder(
         fused_params=fused_params(cfg.sparse_optimizer, cfg.sparse_lr, cfg.sparse_eps))
-    plan_tables(scorer.ebc, sharder, cfg.sharding, cfg.sparse_optimizer,
+    plan_tables(scorer.collections(), sharder, cfg.sharding, cfg.sparse_optimizer,
                 resolve_device(cfg.device), world_size=world_size,
                 local_world_size=local_world_size)
 
@@ -725,7 +669,8 @@ def check_plan(cfg: ModelConfig, n_users: int, n_items: int, n_topics: int,
 def _plain_scorer(cfg: ModelConfig, n_users: int, n_items: int, n_topics: int,
                   device: torch.device) -> Scorer:
     scorer = Scorer(cfg, n_users, n_items, n_topics, device)
-    scorer.ebc.to_empty(device=device)
+    for ebc in scorer.collections().values():
+        ebc.to_empty(device=device)
     return scorer
 
 
@@ -793,9 +738,9 @@ class TrainableScorer:
         # global random state untouched (our own init below uses ``gen``).
         cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
-            self.plan = plan_tables(self.scorer.ebc, sharder, cfg.sharding, cfg.sparse_optimizer,
-                                    self.device, self.pg)
-            self.dmp = shard_tables(self.scorer, "ebc", self.plan, sharder, self.device, self.pg)
+            self.plan = plan_tables(self.scorer.collections(), sharder, cfg.sharding,
+                                    cfg.sparse_optimizer, self.device, self.pg)
+            self.dmp = shard_tables(self.scorer, self.plan, sharder, self.device, self.pg)
         dense = self.dense_parameters()
         tables = self.sparse_tables() if self.world_size == 1 else self.table_shards()
         init_weights(tables, dense, gen, cfg.embedding_init_std, self.scorer.table_shapes())
@@ -904,14 +849,14 @@ class TrainableScorer:
         every whole table, gathered (copies; a collective)."""
         sd = _quiet(self.dmp.state_dict)
         if self.world_size > 1:
-            return self._gather({t: sd[f"ebc.embedding_bags.{t}.weight"] for t in TABLES})
-        out = {t: _local(sd[f"ebc.embedding_bags.{t}.weight"]) for t in TABLES}
+            return self._gather({t: sd[table_key(t)] for t in TABLES})
+        out = {t: _local(sd[table_key(t)]) for t in TABLES}
         return {t: w for t, w in out.items() if w is not None}
 
     def table_shards(self) -> dict[str, list[tuple[torch.Tensor, tuple[slice, ...]]]]:
         """This rank's live table shards: ``{table: [(shard, its slices in the table)]}``."""
         sd = _quiet(self.dmp.state_dict)
-        return {t: local_regions(sd[f"ebc.embedding_bags.{t}.weight"]) for t in TABLES}
+        return {t: local_regions(sd[table_key(t)]) for t in TABLES}
 
     def _gather(self, local: dict) -> dict:
         """Whole tensors of (possibly sharded) entries on every rank (a collective)."""
@@ -921,14 +866,14 @@ class TrainableScorer:
 
     def sparse_optimizer_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Live fused-optimizer state by parameter name, e.g.
-        ``{'ebc.embedding_bags.item.weight': {'item.momentum1': (rows,)}}`` for row-wise
+        ``{'item_ebc.embedding_bags.item.weight': {'item.momentum1': (rows,)}}`` for row-wise
         Adagrad (one accumulator per row); empty dicts for SGD. With several ranks: whole
         tensors, gathered (copies; column-wise shards of row-wise Adagrad keep one accumulator
         per row per shard, so ``momentum1`` then has rows x shards entries)."""
         state = _quiet(self.dmp.fused_optimizer.state_dict)["state"]
         if self.world_size > 1:
             flat = self._gather({(p, n): v for p, e in state.items() for n, v in e.items()})
-            out = {f"ebc.embedding_bags.{t}.weight": {} for t in TABLES}
+            out = {table_key(t): {} for t in TABLES}
             for (param, name), v in flat.items():
                 out[param][name] = v
             return out
@@ -957,16 +902,18 @@ class TrainableScorer:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned (copies into the live tensors). All or
-        nothing: every key and shape is checked (ValueError naming the entry) before anything
-        is copied."""
+        """Restore what :meth:`state_dict` returned (copies into the live tensors), also one
+        saved before the tables were split into two collections (:func:`upgrade_state`). All
+        or nothing: every key and shape is checked (ValueError naming the entry) before
+        anything is copied."""
         missing = {"model", "sparse_optimizer", "dense_optimizer"} - set(state)
         if missing:
             raise ValueError(f"state is missing {sorted(missing)}; pass TrainableScorer.state_dict()")
+        state = upgrade_state(state)
         if self.world_size > 1:
             live_model = _quiet(self.dmp.state_dict)
             live_opt = _quiet(self.dmp.fused_optimizer.state_dict)["state"]
-            everything = {f"ebc.embedding_bags.{t}.weight" for t in TABLES}
+            everything = {table_key(t) for t in TABLES}
             pairs = self._checked_pairs(live_model, live_opt, state, everything)
         else:
             live_opt = self.sparse_optimizer_state()

@@ -34,7 +34,8 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 from pydantic import Field
-from torchrec import EmbeddingBagCollection
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
@@ -129,18 +130,27 @@ def table_bytes(rows: int, dim: int, sparse_optimizer: str) -> int:
     return 4 * (rows * dim + state)
 
 
-def _tables_text(ebc: EmbeddingBagCollection, sparse_optimizer: str) -> tuple[str, int, int]:
+Collections = dict[str, EmbeddingBagCollection]  # by the module's attribute name in the model
+Plans = dict[str, EmbeddingModuleShardingPlan]  # by the same names
+
+
+def table_configs(ebcs: Collections) -> list[EmbeddingBagConfig]:
+    """Every table of the collections, in order."""
+    return [t for ebc in ebcs.values() for t in ebc.embedding_bag_configs()]
+
+
+def _tables_text(ebcs: Collections, sparse_optimizer: str) -> tuple[str, int, int]:
     """'user 1000000 x 32 = 0.123 GiB, ...', total bytes, largest table bytes."""
     parts, sizes = [], []
-    for t in ebc.embedding_bag_configs():
+    for t in table_configs(ebcs):
         size = table_bytes(t.num_embeddings, t.embedding_dim, sparse_optimizer)
         sizes.append(size)
         parts.append(f"{t.name} {t.num_embeddings} x {t.embedding_dim} = {size / GIB:.4g} GiB")
     return ", ".join(parts), sum(sizes), max(sizes)
 
 
-def _memory_error(ebc, sparse_optimizer, per_rank, world, types, reason) -> ShardingPlanError:
-    tables, total, _ = _tables_text(ebc, sparse_optimizer)
+def _memory_error(ebcs, sparse_optimizer, per_rank, world, types, reason) -> ShardingPlanError:
+    tables, total, _ = _tables_text(ebcs, sparse_optimizer)
     return ShardingPlanError(
         f"the embedding tables do not fit: {reason}. Tables with their {sparse_optimizer} state: "
         f"{tables} (total {total / GIB:.4g} GiB); memory given: {world} process(es) x "
@@ -152,21 +162,21 @@ def _memory_error(ebc, sparse_optimizer, per_rank, world, types, reason) -> Shar
         "keep less state than adagrad)")
 
 
-def check_fits(ebc: EmbeddingBagCollection, sparse_optimizer: str, per_rank: int, world: int,
+def check_fits(ebcs: Collections, sparse_optimizer: str, per_rank: int, world: int,
                types: list[str]) -> None:
     """Raise :class:`ShardingPlanError` when the tables cannot fit whatever the placement."""
-    _, total, largest = _tables_text(ebc, sparse_optimizer)
+    _, total, largest = _tables_text(ebcs, sparse_optimizer)
     if total > per_rank * world:
-        raise _memory_error(ebc, sparse_optimizer, per_rank, world, types,
+        raise _memory_error(ebcs, sparse_optimizer, per_rank, world, types,
                             "together they need more than all processes' memory")
     if types == ["table_wise"] and largest > per_rank:
-        raise _memory_error(ebc, sparse_optimizer, per_rank, world, types,
+        raise _memory_error(ebcs, sparse_optimizer, per_rank, world, types,
                             "the largest table alone exceeds one process's memory and "
                             "table_wise keeps every table whole")
 
 
 def plan_tables(
-    ebc: EmbeddingBagCollection,
+    ebcs: Collections,
     sharder: EmbeddingBagCollectionSharder,
     cfg: ShardingConfig,
     sparse_optimizer: str,
@@ -174,12 +184,14 @@ def plan_tables(
     pg: dist.ProcessGroup | None = None,
     world_size: int = 1,
     local_world_size: int | None = None,
-) -> EmbeddingModuleShardingPlan:
-    """The plan of ``ebc``'s tables for the process group ``pg``, or without one (a dry run,
-    e.g. to check memory before launching) for ``world_size`` ranks.
+) -> Plans:
+    """The plan of the tables of the collections ``ebcs`` (planned together: they share each
+    rank's memory) for the process group ``pg``, or without one (a dry run, e.g. to check
+    memory before launching) for ``world_size`` ranks: one module plan per collection, by the
+    same names.
 
     Args:
-        ebc: the collection (usually still on 'meta').
+        ebcs: the collections (usually still on 'meta') by their attribute names in the model.
         sharder: the sharder DMP will use (its fused params set the optimizer).
         cfg: allowed types and memory.
         sparse_optimizer: the fused optimizer's name (sizes its state in the memory check).
@@ -192,12 +204,12 @@ def plan_tables(
     local = local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", world))
     types = ["table_wise"] if world == 1 else allowed_types(cfg, device.type, sparse_optimizer)
     per_rank = memory_per_rank(cfg, device, local)
-    check_fits(ebc, sparse_optimizer, per_rank, world, types)
+    check_fits(ebcs, sparse_optimizer, per_rank, world, types)
     constraints = {
         t.name: ParameterConstraints(
             sharding_types=types, compute_kernels=[EmbeddingComputeKernel.FUSED.value],
             min_partition=_min_partition(cfg, t.embedding_dim, world))
-        for t in ebc.embedding_bag_configs()
+        for t in table_configs(ebcs)
     }
     memory = {"hbm_cap_bytes": per_rank} if device.type == "cuda" else {"ddr_cap_bytes": per_rank}
     topology = TopologyFactory.create_topology(
@@ -206,25 +218,27 @@ def plan_tables(
     planner = EmbeddingShardingPlanner(
         topology=topology, constraints=constraints, debug=False,
         storage_reservation=FixedPercentageStorageReservation(0.0))
+    holder = nn.ModuleDict(ebcs)  # the planner names each collection's plan by its path
     try:
-        with _optimizer_known(ebc, sparse_optimizer):
+        with _optimizer_known(ebcs, sparse_optimizer):
             if pg is None or world == 1:
-                plan = planner.plan(ebc, [sharder])  # the same on every rank: nothing to share
+                plan = planner.plan(holder, [sharder])  # the same on every rank: nothing to share
             else:
-                plan = planner.collective_plan(ebc, [sharder], pg)
+                plan = planner.collective_plan(holder, [sharder], pg)
     except PlannerError as err:
-        raise _memory_error(ebc, sparse_optimizer, per_rank, world, types,
+        raise _memory_error(ebcs, sparse_optimizer, per_rank, world, types,
                             f"torchrec's planner found no placement ({first_line(err)})") from err
-    module_plan = plan.plan[""]
-    check_ranks(ebc, module_plan, sparse_optimizer, per_rank, world, types)
-    return module_plan
+    plans = {name: plan.plan[name] for name in ebcs}
+    check_ranks(ebcs, plans, sparse_optimizer, per_rank, world, types)
+    return plans
 
 
 @contextlib.contextmanager
-def _optimizer_known(ebc: EmbeddingBagCollection, sparse_optimizer: str):
+def _optimizer_known(ebcs: Collections, sparse_optimizer: str):
     """Let torchrec's storage estimator see the fused optimizer while it plans (it then counts
     the optimizer state of every shard), and take the hint away again before sharding."""
-    weights = [ebc.embedding_bags[t.name].weight for t in ebc.embedding_bag_configs()]
+    weights = [ebc.embedding_bags[t.name].weight for ebc in ebcs.values()
+               for t in ebc.embedding_bag_configs()]
     for w in weights:
         w._optimizer_classes = [ESTIMATOR_OPTIMIZER[sparse_optimizer]]
     try:
@@ -234,24 +248,24 @@ def _optimizer_known(ebc: EmbeddingBagCollection, sparse_optimizer: str):
             del w._optimizer_classes
 
 
-def rank_bytes(plan: EmbeddingModuleShardingPlan, sparse_optimizer: str) -> dict[int, int]:
-    """Bytes of weights plus optimizer state each rank holds under ``plan`` (a row-wise
+def rank_bytes(plans: Plans, sparse_optimizer: str) -> dict[int, int]:
+    """Bytes of weights plus optimizer state each rank holds under ``plans`` (a row-wise
     accumulator per row of every column block)."""
     out: dict[int, int] = {}
-    for shards in describe_plan(plan).values():
+    for shards in describe_plan(plans).values():
         for rank, _, (rows, cols) in shards:
             out[rank] = out.get(rank, 0) + table_bytes(rows, cols, sparse_optimizer)
     return out
 
 
-def check_ranks(ebc: EmbeddingBagCollection, plan: EmbeddingModuleShardingPlan,
-                sparse_optimizer: str, per_rank: int, world: int, types: list[str]) -> None:
-    """Raise :class:`ShardingPlanError` when a rank of ``plan`` holds more than ``per_rank``."""
-    used = rank_bytes(plan, sparse_optimizer)
+def check_ranks(ebcs: Collections, plans: Plans, sparse_optimizer: str, per_rank: int,
+                world: int, types: list[str]) -> None:
+    """Raise :class:`ShardingPlanError` when a rank of ``plans`` holds more than ``per_rank``."""
+    used = rank_bytes(plans, sparse_optimizer)
     over = {r: b for r, b in sorted(used.items()) if b > per_rank}
     if over:
         held = ", ".join(f"rank {r} {b / GIB:.4g} GiB" for r, b in over.items())
-        raise _memory_error(ebc, sparse_optimizer, per_rank, world, types,
+        raise _memory_error(ebcs, sparse_optimizer, per_rank, world, types,
                             f"the best placement found still gives {held}")
 
 
@@ -261,10 +275,11 @@ def _min_partition(cfg: ShardingConfig, dim: int, world: int) -> int:
     return max(4, dim // world // 4 * 4)
 
 
-def describe_plan(plan: EmbeddingModuleShardingPlan) -> dict[str, list[tuple[int, list, list]]]:
-    """``{table: [(rank, offsets, sizes), ...]}``: where each shard of each table lives."""
+def describe_plan(plans: Plans) -> dict[str, list[tuple[int, list, list]]]:
+    """``{table: [(rank, offsets, sizes), ...]}``: where each shard of each table lives, over
+    every collection's plan."""
     out = {}
-    for table, ps in plan.items():
+    for table, ps in ((t, ps) for plan in plans.values() for t, ps in plan.items()):
         shards = ps.sharding_spec.shards if ps.sharding_spec is not None else []
         out[table] = [(s.placement.rank(), list(s.shard_offsets), list(s.shard_sizes))
                       for s in shards]

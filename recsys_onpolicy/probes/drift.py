@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from recsys_onpolicy import metrics
-from recsys_onpolicy.model import TABLES, hash_ids
+from recsys_onpolicy.model import hash_ids
 
 
 def model_parameters(model) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -28,8 +28,7 @@ def model_parameters(model) -> tuple[dict[str, torch.Tensor], dict[str, torch.Te
     plain :class:`~recsys_onpolicy.model.Scorer` (live tensors: do not modify)."""
     if hasattr(model, "sparse_tables"):
         return dict(model.dense_parameters()), dict(model.sparse_tables())
-    tables = {t: model.ebc.embedding_bags[t].weight for t in TABLES}
-    return dict(model.dense_named_parameters()), tables
+    return dict(model.dense_named_parameters()), model.table_weights()
 
 
 def _aligned(before: dict, after: dict, what: str) -> tuple[list, list]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from recsys_onpolicy.model import ModelConfig, TrainableScorer
+from recsys_onpolicy.model import ModelConfig, TrainableScorer, upgrade_state
 from recsys_onpolicy.regimes.config import RegimeConfig
 from recsys_onpolicy.regimes.context import TrainContext
 from recsys_onpolicy.regimes.supervised import train_supervised
@@ -66,6 +66,12 @@ class BasePolicy:
     def to_dict(self) -> dict:
         return {"key": self.key, "model": self.model, "world": self.world,
                 "world_gen": self.world_gen}
+
+    @staticmethod
+    def from_dict(saved: dict) -> BasePolicy:
+        """What :meth:`to_dict` wrote (also a file saved before the tables were split into two
+        collections: :func:`~recsys_onpolicy.model.upgrade_state`)."""
+        return BasePolicy(**{**saved, "model": upgrade_state(saved["model"])})
 
 
 def base_key(cfg: RecsysRunConfig) -> str:
@@ -122,7 +128,7 @@ def base_policy(cfg: RecsysRunConfig, cache_dir: str | Path | None = None) -> Ba
     path = None if cache_dir is None else Path(cache_dir) / f"pi0-{key}.pt"
     base = _MEMORY.get(key)
     if base is None and path is not None and path.is_file():
-        base = BasePolicy(**load_state(path))
+        base = BasePolicy.from_dict(load_state(path))
     if base is None:
         base = warm_up(cfg)
     if path is not None and not path.is_file():

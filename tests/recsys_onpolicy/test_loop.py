@@ -175,6 +175,16 @@ def test_pi0_is_deterministic_shared_and_cached_on_disk(tmp_path, pi0):
     base_module._MEMORY.clear()
     cached = base_policy(cfg, tmp_path)
     assert cached.key == pi0.key and torch.equal(cached.world_gen, pi0.world_gen)
+    # a file written before the tables were split into two collections: read with today's keys
+    (path,) = tmp_path.glob("pi0-*.pt")
+    legacy = {k.replace("item_ebc.", "ebc.").replace("request_ebc.", "ebc."): v
+              for k, v in pi0.model["model"].items()}
+    save_atomic({**pi0.to_dict(), "model": {**pi0.model, "model": legacy}}, path)
+    base_module._MEMORY.clear()
+    old = base_policy(cfg, tmp_path)
+    assert set(old.model["model"]) == set(pi0.model["model"])
+    assert loop.build_state(cfg, old, "x", "a").policy.state_dict()["model"].keys() == \
+        pi0.model["model"].keys()
 
 
 def test_a_run_folder_never_reuses_another_configs_pi0(tmp_path, pi0):

@@ -37,7 +37,7 @@ def batch(gen: torch.Generator, b: int = 6, c: int = 4, h: int = 5):
 
 def reference_logits(scorer: Scorer, users, history, cands, topics) -> torch.Tensor:
     """The head written out by hand from the module docstring, one request at a time."""
-    eb = scorer.ebc.embedding_bags
+    weights = scorer.table_weights()
     rows = []
     lin = lambda m, x: x @ m.weight.T + (m.bias if m.bias is not None else 0)
 
@@ -45,7 +45,7 @@ def reference_logits(scorer: Scorer, users, history, cands, topics) -> torch.Ten
         ids = torch.as_tensor(ids, dtype=torch.long)
         if scorer.rows[table] < scorer.n_ids[table]:
             ids = hash_ids(ids, scorer.rows[table], table)
-        return eb[table].weight[ids]
+        return weights[table][ids]
 
     for r in range(cands.shape[0]):
         user_vecs = [row("user", users[r])]
@@ -110,7 +110,7 @@ def test_table_rows_caps_at_one_row_per_id():
 def test_hashed_users_share_a_row():
     cfg = CPU.model_copy(update={"user_rows": 4})
     scorer = build_scorer(cfg, U, I, T, torch.Generator().manual_seed(0))
-    assert scorer.ebc.embedding_bags["user"].weight.shape == (4, 8)
+    assert scorer.table_weights()["user"].shape == (4, 8)
     rows = hash_ids(torch.arange(U), 4, "user")
     a, b = [u for u in range(U) if rows[u] == rows[0]][:2]
     c = next(u for u in range(U) if rows[u] != rows[0])
@@ -123,8 +123,7 @@ def test_hashed_users_share_a_row():
 # ---- the scorer ---------------------------------------------------------------------------
 # c = 4 < D = 8 takes the head's product-feature path, c = 12 and 20 >= D the
 # per-request-matrix path; chunk_rows = 20 / 40 split 7 requests into several head chunks
-# (Scorer.forward). With CANDIDATE_SLOTS = 10, c = 20 fills every slot of a request's two KJT
-# rows, c = 4 and 12 leave slots empty (request_features).
+# (Scorer.forward).
 HEAD_CASES = [(4, 8192), (12, 8192), (20, 8192), (4, 20), (12, 20), (20, 40)]
 
 
@@ -256,63 +255,61 @@ def test_hashed_tables_match_hand_written_head(c):
         torch.testing.assert_close(got_g[name], want_g[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_request_features_layout():
-    """2 requests of 12 candidates, 10 slots a row: 2 rows a request, 5 rows in all (the last
-    holds the history's padding; the 5 topics sit in rows 0-4)."""
+def test_item_and_request_features_layout():
+    """2 requests of 3 candidates: item bags 0-5 are the candidates request by request, bags
+    6-7 the histories, bag 8 the history's padding; user bags 0-1 and the 5 topic rows 0-4."""
     users = torch.tensor([3, 9])
     history = torch.tensor([[4, -1, 6], [-1, -1, 8]])
-    cands = torch.arange(24).view(2, 12) + 1
+    cands = torch.tensor([[1, 2, 3], [11, 12, 13]])
     rows = {"user": U, "item": I, "topic": T}
-    kjt, r = model_module.request_features(users, history, cands, rows, rows, True)
-    assert r == 2 and kjt.stride() == 5
-    assert kjt.keys() == ["user", "history"] + [f"item_{s}" for s in range(10)] + ["topic"]
-    f = kjt.to_dict()
-    assert f["user"].lengths().tolist() == [1, 0, 1, 0, 0]
+    items = model_module.item_features(history, cands, rows, rows, True)
+    assert items.keys() == ["item"] and items.stride() == 9
+    assert items.lengths().tolist() == [1] * 6 + [2, 1, 3]  # valid ids, then the padding
+    assert items.values().tolist() == [1, 2, 3, 11, 12, 13, 4, 6, 8, 0, 0, 0]
+    no_history = model_module.item_features(history, cands, rows, rows, False)
+    assert no_history.stride() == 6 and no_history.values().tolist() == [1, 2, 3, 11, 12, 13]
+    side = model_module.request_features(users, rows, rows)
+    assert side.keys() == ["user", "topic"] and side.stride() == 5  # max(B, T) bags
+    f = side.to_dict()
+    assert f["user"].lengths().tolist() == [1, 1, 0, 0, 0]
     assert f["user"].values().tolist() == [3, 9]
-    assert f["history"].lengths().tolist() == [2, 0, 1, 0, 3]  # valid ids, then the padding
-    assert f["history"].values().tolist() == [4, 6, 8, 0, 0, 0]
-    # candidate c = 10 * row + slot: slots 0-1 in both rows of a request, slots 2-9 in the first
-    assert f["item_0"].lengths().tolist() == [1, 1, 1, 1, 0]
-    assert f["item_0"].values().tolist() == [1, 11, 13, 23]
-    assert f["item_1"].values().tolist() == [2, 12, 14, 24]
-    assert f["item_2"].lengths().tolist() == [1, 0, 1, 0, 0]
-    assert f["item_2"].values().tolist() == [3, 15]
     assert f["topic"].lengths().tolist() == [1] * 5
     assert f["topic"].values().tolist() == list(range(T))
-    assert model_module.kjt_rows(1, 4, 50) == (1, 50)  # at least one row per topic
-    assert model_module.kjt_rows(512, 100, 50) == (10, 5121)
+    many = model_module.request_features(torch.arange(7), rows, rows)
+    assert many.stride() == 7 and many.to_dict()["topic"].lengths().tolist() == [1] * 5 + [0] * 2
 
 
-@pytest.mark.parametrize("c", [12, 20])
-@pytest.mark.parametrize("scrambled", [False, True])
-def test_head_inputs_gather_by_feature_name(c, scrambled, monkeypatch):
-    """HeadInputs against plain indexing, forward and backward, with torchrec's columns in
-    order and scrambled (as sharding plans may return them: slots one by one)."""
+@pytest.mark.parametrize("history_bag", [True, False])
+@pytest.mark.parametrize("swapped", [False, True])
+def test_head_inputs_against_plain_indexing(swapped, history_bag, monkeypatch):
+    """HeadInputs against plain indexing, forward and backward, with the request
+    collection's columns in either order (as sharding plans may return them)."""
     monkeypatch.setattr(model_module, "EMPTY_BAG_GRAD", 0.0)  # unwritten rows read as 0
-    b, d, n_topics = 3, 4, 5
-    r, n = model_module.kjt_rows(b, c, n_topics)
-    names = ["user", "history"] + [f"item_{s}" for s in range(10)] + ["topic"]
-    order = names[::-1] if scrambled else names
-    cols = {f: slice(k * d, (k + 1) * d) for k, f in enumerate(order)}
-    layout = model_module.PooledLayout.of(cols, b, c, r, d, n_topics, True)
-    assert (layout.slot_block is None) == scrambled
+    b, c, d, n_topics = 3, 12, 4, 5
+    cols = {"user": slice(0, d), "topic": slice(d, 2 * d)}
+    if swapped:
+        cols = {"user": slice(d, 2 * d), "topic": slice(0, d)}
+    layout = model_module.PooledLayout(b=b, c=c, d=d, topic_rows=n_topics, user=cols["user"],
+                                       topic=cols["topic"], history=history_bag)
     gen = torch.Generator().manual_seed(0)
-    values = torch.randn(n, len(names) * d, generator=gen, requires_grad=True)
+    n_items = b * c + (b + 1 if history_bag else 0)
+    items = torch.randn(n_items, d, generator=gen, requires_grad=True)
+    side = torch.randn(max(b, n_topics), 2 * d, generator=gen, requires_grad=True)
     topics = torch.randint(0, n_topics, (b, c), generator=gen)
-    user, *chunks = model_module.HeadInputs.apply(values, layout, topics, torch.float32, 2)
-    firsts = torch.arange(b) * r
-    want_user = torch.cat([values[firsts, cols["user"]], values[firsts, cols["history"]]], 1)
-    want_items = torch.stack([torch.stack([values[i * r + j // 10, cols[f"item_{j % 10}"]]
-                                           for j in range(c)]) for i in range(b)])
-    want_cand = torch.cat([want_items, values[:, cols["topic"]][topics]], dim=2)  # (B, C, 2D)
+    user, *chunks = model_module.HeadInputs.apply(items, side, layout, topics, torch.float32, 2)
+    want_user = side[:b, cols["user"]]
+    if history_bag:
+        want_user = torch.cat([want_user, items[b * c:b * c + b]], 1)
+    want_cand = torch.cat([items[:b * c].view(b, c, d), side[:, cols["topic"]][topics]], dim=2)
     got_cand = torch.cat(chunks)
     assert [x.shape[0] for x in chunks] == [2, 1]
     torch.testing.assert_close(user, want_user, rtol=0, atol=0)
     torch.testing.assert_close(got_cand, want_cand, rtol=0, atol=0)
     gu, gc = torch.randn_like(user), torch.randn_like(want_cand)
-    got_grad, = torch.autograd.grad((user * gu).sum() + (got_cand * gc).sum(), values)
-    want_grad, = torch.autograd.grad((want_user * gu).sum() + (want_cand * gc).sum(), values)
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-6, atol=1e-6)
+    got = torch.autograd.grad((user * gu).sum() + (got_cand * gc).sum(), [items, side])
+    want = torch.autograd.grad((want_user * gu).sum() + (want_cand * gc).sum(), [items, side])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("one_hot", [False, True])
@@ -326,11 +323,9 @@ def test_sum_by_id_both_ways(one_hot):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
-def test_merge_adjacent_and_feature_columns():
-    assert model_module.feature_columns(["user", "history", "item"], [8, 8, 8]) == {
-        "user": slice(0, 8), "history": slice(8, 16), "item": slice(16, 24)}
-    assert model_module.merge_adjacent([slice(0, 4), slice(4, 8), slice(12, 16)]) == [
-        slice(0, 8), slice(12, 16)]
+def test_feature_columns():
+    assert model_module.feature_columns(["topic", "user"], [8, 8]) == {
+        "topic": slice(0, 8), "user": slice(8, 16)}
 
 
 def test_history_padding_is_ignored_wherever_it_sits():
@@ -362,9 +357,8 @@ def test_a_big_topic_table_warns_and_topic_rows_bound_the_lookups(monkeypatch):
         build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
     hashed = CPU.model_copy(update={"topic_rows": 3})
     scorer = build_scorer(hashed, U, I, T, torch.Generator().manual_seed(0))  # no warning
-    users, history, cands, _ = batch(torch.Generator().manual_seed(1), b=1, c=4)
-    kjt, _ = model_module.request_features(users, history, cands, scorer.rows, scorer.n_ids,
-                                           True)
+    users = batch(torch.Generator().manual_seed(1), b=1, c=4)[0]
+    kjt = model_module.request_features(users, scorer.rows, scorer.n_ids)
     assert kjt.to_dict()["topic"].values().tolist() == [0, 1, 2]
 
 
@@ -434,8 +428,10 @@ def test_trainable_and_plain_scorer_agree_at_init():
 def test_fused_sparse_update_touches_only_looked_up_rows(optimizer):
     cfg = CPU.model_copy(update={"sparse_optimizer": optimizer})
     model = TrainableScorer(cfg, U, I, T, torch.Generator().manual_seed(0))
-    kernels = {type(m).__name__ for lookup in model.scorer.ebc._lookups for m in lookup.modules()}
-    assert {"BatchedFusedEmbeddingBag", "SplitTableBatchedEmbeddingBagsCodegen"} <= kernels
+    for name in model_module.COLLECTIONS:  # both collections are sharded, fused TBE kernels
+        ebc = getattr(model.dmp.module, name)
+        kernels = {type(m).__name__ for lookup in ebc._lookups for m in lookup.modules()}
+        assert {"BatchedFusedEmbeddingBag", "SplitTableBatchedEmbeddingBagsCodegen"} <= kernels
     before = {t: w.clone() for t, w in model.sparse_tables().items()}
     users, history, cands, topics = batch(torch.Generator().manual_seed(1))
     # Item 0 only as the padding bag's id (history_bags looks -1 padding up as row 0): its row
@@ -446,7 +442,7 @@ def test_fused_sparse_update_touches_only_looked_up_rows(optimizer):
     model.step(pointwise_bce(logits.flatten(), torch.ones(logits.numel())))
     # No table-sized dense gradient anywhere: tables have no .grad, only the head has grads.
     for name, p in model.dmp.named_parameters():
-        assert (p.grad is None) == name.startswith("ebc."), name
+        assert (p.grad is None) == name.startswith(model_module.COLLECTIONS), name
     after = model.sparse_tables()
     touched = {"user": users, "item": torch.cat([cands.flatten(), history[history >= 0]]),
                "topic": topics.flatten()}
@@ -455,7 +451,7 @@ def test_fused_sparse_update_touches_only_looked_up_rows(optimizer):
         mask[ids] = True
         changed = (after[t] != before[t]).any(dim=1)
         assert torch.equal(changed, mask), t
-    state = model.sparse_optimizer_state()["ebc.embedding_bags.item.weight"]
+    state = model.sparse_optimizer_state()["item_ebc.embedding_bags.item.weight"]
     if optimizer == "sgd":
         assert state == {}
     else:
@@ -470,7 +466,7 @@ def test_fused_sparse_update_touches_only_looked_up_rows(optimizer):
 @pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "sgd"])
 def test_gradient_rows_of_empty_bags_are_never_read(optimizer, c, monkeypatch):
     """HeadInputs leaves the gradient rows of empty bags unwritten (user side outside a
-    request's first row, unused slots, rows past the topics); NaN there must give
+    request's rows, rows past the topics); NaN there must give
     bit-identical training (the TBE backward reads only rows of non-empty bags)."""
     cfg = CPU.model_copy(update={"sparse_optimizer": optimizer})
     x = batch(torch.Generator().manual_seed(1), b=6, c=c)
@@ -535,7 +531,8 @@ def test_frozen_copy_keeps_the_old_weights():
 def test_dense_parameters_are_the_head():
     model = TrainableScorer(CPU, U, I, T, torch.Generator().manual_seed(0))
     dense = model.dense_parameters()
-    assert "user_in.weight" in dense and not any(n.startswith("ebc") for n in dense)
+    assert "user_in.weight" in dense
+    assert not any(n.startswith(model_module.COLLECTIONS) for n in dense)
     n_head = sum(p.numel() for p in dense.values())
     d, w = 8, 16
     assert n_head == (2 * d * w + w) + 6 * d * w + (w * w + w) + (w + 1)
@@ -570,10 +567,32 @@ def test_state_dict_roundtrip_and_mismatch():
         assert torch.equal(sgd.score(*x), before)
 
 
+def test_a_state_saved_with_one_collection_still_loads():
+    """Checkpoints written before the tables were split into two collections name every table
+    ``ebc.embedding_bags.<table>.weight``: they load into today's model, the same tensors."""
+    model = TrainableScorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+    x = batch(torch.Generator().manual_seed(1))
+    model.step(pointwise_bce(model.score(*x).flatten(), torch.ones(24)))
+    state = torch.utils._pytree.tree_map(lambda v: v.clone() if torch.is_tensor(v) else v,
+                                         model.state_dict())
+    legacy = {f"{name}.embedding_bags.{t}.weight": f"ebc.embedding_bags.{t}.weight"
+              for t, name in model_module.TABLE_COLLECTION.items()}
+    old = {**state, "model": {legacy.get(k, k): v for k, v in state["model"].items()},
+           "sparse_optimizer": {legacy[k]: v for k, v in state["sparse_optimizer"].items()}}
+    assert "ebc.embedding_bags.item.weight" in old["model"]
+    fresh = TrainableScorer(CPU, U, I, T, torch.Generator().manual_seed(9))
+    fresh.load_state_dict(old)
+    with torch.no_grad():
+        assert torch.equal(fresh.score(*x), model.score(*x))
+    for table, w in fresh.sparse_tables().items():
+        assert torch.equal(w, model.sparse_tables()[table]), table
+    assert model_module.upgrade_state(state) is state  # today's keys: unchanged
+
+
 def test_init_scale_is_as_documented():
     scorer = build_scorer(ModelConfig(device="cpu", embedding_init_std=0.05), 2000, 10, 3,
                           torch.Generator().manual_seed(0))
-    std = scorer.ebc.embedding_bags["user"].weight.std().item()
+    std = scorer.table_weights()["user"].std().item()
     assert abs(std - 0.05) < 0.002
     w = scorer.user_in.weight
     assert w.abs().max() <= 1 / math.sqrt(w.shape[1])

@@ -476,7 +476,7 @@ def test_measure_drift_on_a_real_scorer():
     ref = build_scorer(cfg, 6, 10, 3, torch.Generator().manual_seed(0))
     pol = build_scorer(cfg, 6, 10, 3, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        pol.ebc.embedding_bags["user"].weight[4] += 1.0  # user 4
+        pol.table_weights()["user"][4] += 1.0  # user 4
         pol.mlp[-1].bias += 1.0
     cohort = torch.tensor([0, 0, 0, 1, 1, 1])
     out = {(m, g): v for m, g, v in measure_drift(pol, ref, cohort)}
@@ -533,7 +533,7 @@ def test_daily_probes_names_groups_and_step0_identities():
     # a day later: the policy moved, a day was served, gain/drop are against step 0
     with torch.no_grad():
         pol.mlp[-1].bias += 0.5
-        pol.ebc.embedding_bags["item"].weight.mul_(3.0)
+        pol.table_weights()["item"].mul_(3.0)
     users = torch.arange(30)
     state.log = day_log(world, users, torch.arange(5).expand(30, 5))
     rows = probes(1, state)
@@ -558,7 +558,7 @@ def test_daily_probes_use_the_serving_temperature_and_noise_free_labels():
     pol = build_scorer(cfg, *ids, torch.Generator().manual_seed(1))
     with torch.no_grad():  # spread the scores: at init they are nearly equal
         for t in ("user", "item", "topic"):
-            pol.ebc.embedding_bags[t].weight.mul_(40.0)
+            pol.table_weights()[t].mul_(40.0)
     for temperature, noise_free in ((2.0, True), (1.0, False)):
         state = FakeState(config=type("C", (), {"seed": 0, "serving_temperature": temperature})(),
                           world=world, policy=pol, reference=ref)

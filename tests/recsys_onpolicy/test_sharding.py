@@ -30,12 +30,13 @@ ROWS = {"user": 200_000, "item": 50_000, "topic": 10}  # large enough that I/O b
 def ebc_and_sharder(dim: int = 32, optimizer: str = "rowwise_adagrad"):
     cfg = ModelConfig(embedding_dim=dim, device="cpu", sparse_optimizer=optimizer)
     scorer = Scorer(cfg, ROWS["user"], ROWS["item"], ROWS["topic"], CPU)
-    return scorer.ebc, EmbeddingBagCollectionSharder(fused_params=fused_params(optimizer, 0.1, 1e-8))
+    return (scorer.collections(),
+            EmbeddingBagCollectionSharder(fused_params=fused_params(optimizer, 0.1, 1e-8)))
 
 
 def dry_plan(sharding: dict, world: int = 2, dim: int = 32, optimizer: str = "rowwise_adagrad"):
-    ebc, sharder = ebc_and_sharder(dim, optimizer)
-    return plan_tables(ebc, sharder, ShardingConfig(**sharding), optimizer, CPU, world_size=world)
+    ebcs, sharder = ebc_and_sharder(dim, optimizer)
+    return plan_tables(ebcs, sharder, ShardingConfig(**sharding), optimizer, CPU, world_size=world)
 
 
 # ---- which types ---------------------------------------------------------------------------
@@ -79,12 +80,16 @@ def test_table_bytes_count_weights_and_optimizer_state():
 def test_one_process_plan_is_the_plain_table_wise_plan():
     """With one process the planner must reproduce the hand-made table-wise plan the model
     used before sharding existed (same TBE grouping: single-process runs are unchanged)."""
-    ebc, sharder = ebc_and_sharder()
-    plan = plan_tables(ebc, sharder, ShardingConfig(types=["column_wise"]), "rowwise_adagrad", CPU)
-    hand = construct_module_sharding_plan(
-        ebc, {t: table_wise(rank=0, compute_kernel="fused") for t in TABLES}, sharder=sharder,
-        local_size=1, world_size=1, device_type="cpu")
-    assert dict(plan) == dict(hand)
+    ebcs, sharder = ebc_and_sharder()
+    plans = plan_tables(ebcs, sharder, ShardingConfig(types=["column_wise"]), "rowwise_adagrad",
+                        CPU)
+    assert set(plans) == set(ebcs) == {"request_ebc", "item_ebc"}
+    for name, ebc in ebcs.items():
+        tables = [t.name for t in ebc.embedding_bag_configs()]
+        hand = construct_module_sharding_plan(
+            ebc, {t: table_wise(rank=0, compute_kernel="fused") for t in tables}, sharder=sharder,
+            local_size=1, world_size=1, device_type="cpu")
+        assert dict(plans[name]) == dict(hand)
 
 
 def test_table_wise_plan_puts_whole_tables_on_both_ranks():
@@ -134,11 +139,11 @@ def test_planner_failure_is_reported_with_the_tables():
     """Fits in total and table by table, but three equal tables cannot be split table-wise
     over two ranks: the planner finds no placement and the error still names everything."""
     cfg = ModelConfig(embedding_dim=32, device="cpu")
-    ebc = Scorer(cfg, 100_000, 100_000, 100_000, CPU).ebc  # three tables of the same size
+    ebcs = Scorer(cfg, 100_000, 100_000, 100_000, CPU).collections()  # 3 tables of one size
     _, sharder = ebc_and_sharder()
     each = table_bytes(100_000, 32, "rowwise_adagrad") / 1024**3
     with pytest.raises(ShardingPlanError, match="planner found no placement.*user 100000 x 32"):
-        plan_tables(ebc, sharder, ShardingConfig(memory_per_rank_gib=1.6 * each),
+        plan_tables(ebcs, sharder, ShardingConfig(memory_per_rank_gib=1.6 * each),
                     "rowwise_adagrad", CPU, world_size=2)
 
 
@@ -149,19 +154,20 @@ def test_optimizer_state_counts_on_every_rank(types):
     under 27 MB on each rank (torchrec's estimator, given the optimizer only through
     fused_params, would count no state and accept one)."""
     cfg = ModelConfig(embedding_dim=32, device="cpu", sparse_optimizer="adagrad")
-    ebc = Scorer(cfg, 90_000, 90_000, 30_000, CPU).ebc
+    ebcs = Scorer(cfg, 90_000, 90_000, 30_000, CPU).collections()
     _, sharder = ebc_and_sharder(optimizer="adagrad")
     with pytest.raises(ShardingPlanError):
-        plan_tables(ebc, sharder, ShardingConfig(memory_per_rank_gib=27e6 / 1024**3, types=types),
+        plan_tables(ebcs, sharder, ShardingConfig(memory_per_rank_gib=27e6 / 1024**3, types=types),
                     "adagrad", CPU, world_size=2)
     per_rank = 40e6
-    plan = plan_tables(ebc, sharder, ShardingConfig(memory_per_rank_gib=per_rank / 1024**3,
+    plan = plan_tables(ebcs, sharder, ShardingConfig(memory_per_rank_gib=per_rank / 1024**3,
                                                     types=types), "adagrad", CPU, world_size=2)
     used = rank_bytes(plan, "adagrad")
     assert sum(used.values()) == sum(table_bytes(r, 32, "adagrad")
                                      for r in (90_000, 90_000, 30_000))
     assert max(used.values()) <= per_rank
-    assert not any(hasattr(b.weight, "_optimizer_classes") for b in ebc.embedding_bags.values())
+    assert not any(hasattr(b.weight, "_optimizer_classes")
+                   for ebc in ebcs.values() for b in ebc.embedding_bags.values())
 
 
 def test_trainable_scorer_refuses_tables_beyond_the_stated_memory():
