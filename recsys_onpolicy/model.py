@@ -318,10 +318,15 @@ class Scorer(nn.Module):
         pairs = [user[:, k * d:(k + 1) * d].repeat(1, 2) for k in range(user.shape[1] // d)]
         z0 = self.user_in(user)[:, None, :]  # (b, 1, W)
         if c >= d:
-            m = wt[:2 * d]  # (2D, W); becomes (b, 2D, W): M^T of each request
-            for k, vec in enumerate(pairs):  # (b, 2D)
-                m = torch.addcmul(m, vec[:, :, None], wt[(2 + 2 * k) * d:(4 + 2 * k) * d])
-            z = torch.baddbmm(z0, item_topic, m)  # (b, C, W)
+            # M^T of each request, (b, 2D, W): its row j is sum_k vecs[:, j, k] * wk[k, j] with
+            # vecs = [1, [u, u], [h, h]] (b, 2D, K) and wk = the K blocks of Bc^T (K, 2D, W).
+            # As one product batched over j (backward: two more), not K - 1 broadcast
+            # multiply-adds (whose backward multiplies and sums whole (b, 2D, W) tensors):
+            # measured 4.6 against 7.2 ms a 327-request bfloat16 chunk, forward + backward.
+            vecs = torch.stack([torch.ones_like(pairs[0])] + pairs, dim=2)  # (b, 2D, K)
+            wk = wt.view(len(pairs) + 1, 2 * d, wt.shape[1])  # (K, 2D, W)
+            m = torch.bmm(vecs.transpose(0, 1), wk.transpose(0, 1))  # (2D, b, W)
+            z = torch.baddbmm(z0, item_topic, m.transpose(0, 1).contiguous())  # (b, C, W)
         else:
             feats = torch.cat([item_topic] + [item_topic * vec[:, None, :] for vec in pairs],
                               dim=2)  # (b, C, n_cand*D)
