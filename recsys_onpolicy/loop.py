@@ -18,6 +18,9 @@ Read top to bottom: :func:`run` is the whole story.
   with the policy (tables, fused and dense optimizer states), the companion learner, the
   world, every generator and the metrics so far. :func:`run` on a folder holding one continues
   after the last completed day; on CPU the result is bit-identical to an uninterrupted run.
+  The file is written from a snapshot on a worker thread while the next day runs
+  (:class:`~recsys_onpolicy.background.BackgroundWriter`); :func:`run` returns once it is on
+  disk. A run killed meanwhile resumes from the previous day's checkpoint.
 
 Files in ``out_dir``: ``metrics.parquet`` (long schema, :mod:`recsys_onpolicy.results`),
 ``logs/day=NNNN/part-0.parquet``, ``checkpoint.pt`` (and ``checkpoints/day=NNNN.pt`` with
@@ -52,6 +55,7 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
+from recsys_onpolicy.background import BackgroundWriter
 from recsys_onpolicy.distributed import (
     ensure_process_group,
     from_main,
@@ -273,19 +277,26 @@ def checkpoint_dict(state: RunState) -> dict:
     }
 
 
-def save_checkpoint(state: RunState, out: Path) -> None:
-    """Write ``checkpoint.pt`` atomically (and a per-day copy with ``keep_daily``); with several
-    ranks every rank must call it (the tables are gathered) and rank 0 writes."""
+def save_checkpoint(state: RunState, out: Path, writer: BackgroundWriter) -> None:
+    """Snapshot the state and have ``writer`` write ``checkpoint.pt`` atomically (and a
+    per-day copy with ``keep_daily``) while the caller goes on; with several ranks every rank
+    must call it (the tables are gathered) and rank 0 writes."""
     if not state.config.checkpoint.enabled:
         return
-    payload = checkpoint_dict(state)
+    payload = checkpoint_dict(state)  # copies: the live state goes on changing
     if not is_main():
         return
-    path = save_atomic(payload, out / "checkpoint.pt")
+    daily = None
     if state.config.checkpoint.keep_daily:
         daily = out / "checkpoints" / f"day={state.day:04d}.pt"
-        daily.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, daily)
+
+    def write() -> None:
+        path = save_atomic(payload, out / "checkpoint.pt")
+        if daily is not None:
+            daily.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, daily)
+
+    writer.submit(write)
 
 
 def same_config(saved_json: str, cfg: RecsysRunConfig) -> bool:
@@ -427,25 +438,27 @@ def run(
     ckpt = out / "checkpoint.pt"
     saved = from_main(lambda: load_state(ckpt) if config.checkpoint.enabled and ckpt.is_file()
                       else None)
-    if saved is not None:
-        restore_checkpoint(state, saved)
-    else:
-        state.rows = probe(0, state)
-        save_checkpoint(state, out)
-        if main:
-            write_metrics(to_frame(state.rows), out / "metrics.parquet")
     last = config.days if stop_after is None else min(config.days, stop_after)
     bar = tqdm(total=config.days, initial=state.day, desc=f"{name} seed {config.seed}",
                unit="day", disable=not (progress and main), leave=False)
-    while state.day < last:
-        run_day(state, out)
-        step = state.day
-        train = {"train/loss": state.stats["loss"], "train/reward": state.stats["reward"]}
-        state.rows += state.rows_for(step, train) + probe(step, state)
-        if main:
-            write_metrics(to_frame(state.rows), out / "metrics.parquet")
-        save_checkpoint(state, out)
-        bar.update(1)
-        bar.set_postfix(reward=f"{state.stats['reward']:.3f}", loss=f"{state.stats['loss']:.3f}")
+    with BackgroundWriter() as writer:  # waits for the last checkpoint on the way out
+        if saved is not None:
+            restore_checkpoint(state, saved)
+        else:
+            state.rows = probe(0, state)
+            save_checkpoint(state, out, writer)
+            if main:
+                write_metrics(to_frame(state.rows), out / "metrics.parquet")
+        while state.day < last:
+            run_day(state, out)
+            step = state.day
+            train = {"train/loss": state.stats["loss"], "train/reward": state.stats["reward"]}
+            state.rows += state.rows_for(step, train) + probe(step, state)
+            if main:
+                write_metrics(to_frame(state.rows), out / "metrics.parquet")
+            save_checkpoint(state, out, writer)
+            bar.update(1)
+            bar.set_postfix(reward=f"{state.stats['reward']:.3f}",
+                            loss=f"{state.stats['loss']:.3f}")
     bar.close()
     return to_frame(state.rows)

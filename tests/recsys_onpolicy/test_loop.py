@@ -241,6 +241,28 @@ def test_resume_after_kill_is_bit_identical(tmp_path, preset):
     assert_same_tree(a, b)
 
 
+def test_a_checkpoint_written_in_the_background_is_complete_and_its_errors_surface(
+        tmp_path, pi0, monkeypatch):
+    """run() returns with the last day's checkpoint on disk (its write overlaps the next day);
+    a write that fails stops the run with that error instead of vanishing in its thread."""
+    cfg = tiny_run("supervised_daily", days=2)
+    loop.run(cfg, tmp_path / "ok", progress=False)
+    assert load_state(tmp_path / "ok" / "checkpoint.pt")["day"] == 2
+    calls = []
+
+    def failing(obj, path):
+        nonlocal calls
+        calls += [path] if path.name == "checkpoint.pt" else []
+        if len(calls) == 2:  # day 1's checkpoint (the first is step 0's)
+            raise OSError("disk full")
+        return save_atomic(obj, path)
+
+    monkeypatch.setattr(loop, "save_atomic", failing)
+    with pytest.raises(OSError, match="disk full"):
+        loop.run(cfg, tmp_path / "bad", progress=False)
+    assert load_state(tmp_path / "bad" / "checkpoint.pt")["day"] == 0  # the last good one
+
+
 def assert_same_tree(a, b, path="checkpoint"):
     if torch.is_tensor(a):
         assert torch.equal(a, b), path
