@@ -53,8 +53,9 @@ requests 0.35 s -> 0.15 s wall (0.56 -> 0.20 CPU s); a GRPO update of 512 reques
 The lookup layout, against the earlier one (one collection, candidates in rows of 10 slots read
 by ten features of the item table; same machine): fbgemm's backward of a 512-request GRPO
 update's lookups 5.4-6.3 -> 2.7-3.0 ms, its forward kernels 1.2-1.5 -> 0.8-0.9 ms (realistic
-ids, 2 threads, profiled inside real updates); building M as one batched product, forward + backward of one head chunk, 7.2 ->
-4.6 ms (327 requests, bfloat16) and 2.35 -> 1.91 ms (81 requests, float32), medians.
+ids, 2 threads, profiled inside real updates). M as one batched product (:meth:`Scorer.head`),
+forward + backward of one head chunk: 7.2 -> 4.6 ms (327 requests, bfloat16) and 2.35 -> 1.91
+ms (81 requests, float32), medians.
 
 Id hashing (sparse capacity): a table with ``rows`` < ``n_ids`` maps an id ``x`` to
 ``((a * x + b) mod p) mod rows`` with ``p = 2**31 - 1`` (the Carter-Wegman universal family),
