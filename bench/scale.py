@@ -35,7 +35,8 @@ sampling the served slates (CPU only), ``simulate`` = the rest of the simulated 
 ``projected_wall_s`` / ``projected_cpu_s`` (a ``full`` figure run with fewer ``--days``:
 warm-up + N x the median day, N = the figure's days, 30 or 2 with ``--quick``; a day includes the
 previous day's checkpoint write, which overlaps it (about 2 s at full size; the ``checkpoint``
-phase is only its snapshot), so the projection leaves out the last one, and
+phase is its snapshot plus any wait for the write before it), so the projection leaves out the
+last one, and
 with ``--days 1`` its one day is the first, in most runs the slowest), ``requests_per_s`` and
 ``impressions_per_s`` (served requests / impressions of the experiment days over their wall
 time; under ``--nproc`` the whole day's requests), ``peak_rss_gib``, the settings, and

@@ -31,7 +31,7 @@ class BackgroundWriter:
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
 
     def submit(self, write: Callable[[], object]) -> None:
         """Wait for the write in flight (raising its error, if any), then start ``write``."""
@@ -40,7 +40,7 @@ class BackgroundWriter:
         def work() -> None:
             try:
                 write()
-            except Exception as err:  # noqa: BLE001 - re-raised in the caller by wait()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller by wait()
                 self._error = err
 
         self._thread = threading.Thread(target=work, name="recsys-onpolicy-writer")

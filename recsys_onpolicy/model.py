@@ -525,8 +525,8 @@ def item_features(
     candidates: bag b*C + j holds request b's candidate j (so the pooled rows 0 .. B*C-1 are
     the (B, C, D) candidate embeddings, no gather needed); with the history bag, bag B*C + b is
     request b's history and the last bag all of the history's padding (:func:`history_bags`),
-    N_i = B*C + B + 1 bags; without it N_i = B*C. Ids are hashed where the table has fewer
-    rows than ids (:func:`table_ids`).
+    N_i = B*C + B + 1 bags; without it N_i = B*C (one empty bag for an empty batch). Ids are
+    hashed where the table has fewer rows than ids (:func:`table_ids`).
 
     Why this layout: fbgemm's CPU kernels cost per bag, empty or not, and their fused
     row-wise Adagrad backward runs multi-threaded only for a table that one feature reads
@@ -539,6 +539,8 @@ def item_features(
         ids, hist_len = history_bags(history)  # (B*H,), (B + 1,)
         values.append(table_ids(ids, "item", rows, n_ids))
         lengths.append(hist_len)
+    elif b * c == 0:  # torchrec needs a bag: one empty one for an empty batch
+        lengths.append(torch.zeros(1, dtype=torch.long, device=dev))
     ids = torch.cat(values) if len(values) > 1 else values[0]
     length = torch.cat(lengths) if len(lengths) > 1 else lengths[0]
     # The id count is known from shapes: torchrec need not read it from the device.
@@ -933,9 +935,10 @@ class TrainableScorer:
         # torch keeps the given state tensors as live state: clone so later steps never write
         # into the caller's dict (e.g. a checkpoint kept in memory). It checks the groups before
         # changing anything, so it goes before the copies.
-        self.dense_optimizer.load_state_dict(_clone_tree(state["dense_optimizer"]))
-        for group in self.dense_optimizer.param_groups:  # a state saved unfused brings fused=False
-            group["fused"] = True
+        dense = _clone_tree(state["dense_optimizer"])
+        for group in dense["param_groups"]:  # a state saved unfused would bring fused=False
+            group["fused"] = True  # (set before loading: torch then puts `step` on the device)
+        self.dense_optimizer.load_state_dict(dense)
         for live, saved in pairs:
             _copy_regions(live, saved)
 

@@ -43,6 +43,13 @@ def test_a_failed_write_is_raised_by_the_next_call_then_cleared():
     with pytest.raises(KeyError):
         writer.wait()
 
+    def leave():
+        raise SystemExit(3)
+
+    writer.submit(leave)  # not only Exception subclasses: nothing vanishes in the thread
+    with pytest.raises(SystemExit):
+        writer.wait()
+
 
 def test_the_body_error_wins_and_names_the_failed_write():
     with pytest.raises(KeyError) as err, BackgroundWriter() as writer:

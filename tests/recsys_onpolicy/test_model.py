@@ -362,8 +362,10 @@ def test_a_big_topic_table_warns_and_topic_rows_bound_the_lookups(monkeypatch):
     assert kjt.to_dict()["topic"].values().tolist() == [0, 1, 2]
 
 
-def test_an_empty_batch_scores_to_an_empty_matrix():
-    scorer = build_scorer(CPU, U, I, T, torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("history_bag", [True, False])
+def test_an_empty_batch_scores_to_an_empty_matrix(history_bag):
+    cfg = CPU.model_copy(update={"history_bag": history_bag})
+    scorer = build_scorer(cfg, U, I, T, torch.Generator().manual_seed(0))
     users, history, cands, topics = batch(torch.Generator().manual_seed(1), b=0, c=12)
     out = scorer(users, history, cands, topics)
     assert out.shape == (0, 12)
@@ -462,15 +464,16 @@ def test_fused_sparse_update_touches_only_looked_up_rows(optimizer):
         assert torch.equal(per_row > 0, mask)
 
 
-@pytest.mark.parametrize("c", [12, 20])
+@pytest.mark.parametrize("b, c", [(6, 12), (6, 20), (2, 12)])
 @pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "sgd"])
-def test_gradient_rows_of_empty_bags_are_never_read(optimizer, c, monkeypatch):
-    """HeadInputs leaves the gradient rows of empty bags unwritten (user side outside a
-    request's rows, rows past the topics); NaN there must give
-    bit-identical training (the TBE backward reads only rows of non-empty bags)."""
+def test_gradient_rows_of_empty_bags_are_never_read(optimizer, b, c, monkeypatch):
+    """HeadInputs leaves the gradient rows of the request collection's empty bags unwritten
+    (user bags past the B requests when B < T = 5 topic rows, topic bags past the topic rows
+    when B > T); NaN there must give bit-identical training (the TBE backward reads only rows
+    of non-empty bags)."""
     cfg = CPU.model_copy(update={"sparse_optimizer": optimizer})
-    x = batch(torch.Generator().manual_seed(1), b=6, c=c)
-    clicks = torch.bernoulli(torch.full((6, c), 0.3), generator=torch.Generator().manual_seed(2))
+    x = batch(torch.Generator().manual_seed(1), b=b, c=c)
+    clicks = torch.bernoulli(torch.full((b, c), 0.3), generator=torch.Generator().manual_seed(2))
     states = []
     for fill in (0.0, float("nan")):
         monkeypatch.setattr(model_module, "EMPTY_BAG_GRAD", fill)
