@@ -120,7 +120,7 @@ SCORE_CHUNK_ROWS = 51_200
 # one feature reads it (fbgemm's fused row-wise Adagrad backward on the CPU is multi-threaded
 # only for such a table) and its bags (one per candidate) do not set the bag count of the others.
 TABLE_COLLECTION = {"user": "request_ebc", "item": "item_ebc", "topic": "request_ebc"}
-COLLECTIONS = ("request_ebc", "item_ebc")
+COLLECTIONS = tuple(dict.fromkeys(TABLE_COLLECTION.values()))  # ("request_ebc", "item_ebc")
 # Largest one-hot matrix (ids x distinct ids) sum_by_id builds on CUDA: 16M entries, 192 MB at
 # the peak (one_hot's int64 matrix and its float32 copy).
 ONE_HOT_MAX_ENTRIES = 2**24
